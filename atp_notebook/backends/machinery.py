@@ -1,0 +1,457 @@
+"""What every backend shares, so each one only supplies its transport.
+
+A backend turns "run this shell command" into a :class:`Transport`: sources of
+raw output chunks, a way to learn the exit code, and a way to kill the
+command's whole process tree. Everything else lives here once:
+
+* :class:`StreamingHandle` drains every source on its own thread (stdout and
+  stderr never deadlock), splits stdout into lines as they arrive, decodes
+  UTF-8 with replacement, enforces the timeout (exit ``124``) and cancellation
+  (exit ``130``), and assembles the :class:`CommandResult`.
+* :class:`ManagedSession` keeps the session bookkeeping: env precedence,
+  default timeouts, the set of running commands, idempotent close, and the
+  "closed" / "sandbox died" errors.
+* :func:`remote_command` / :func:`remote_kill_script` give sandboxes that have
+  no "kill this exec" API (Docker, Modal) a way to kill a command's process
+  group from a second exec.
+"""
+
+from __future__ import annotations
+
+import abc
+import codecs
+import heapq
+import itertools
+import shlex
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+from atp_notebook.backends.base import (
+    CANCEL_EXIT_CODE,
+    TIMEOUT_EXIT_CODE,
+    CommandHandle,
+    CommandResult,
+    ComputeBackend,
+    ComputeSession,
+    SessionClosedError,
+    wrap_command,
+)
+
+__all__ = [
+    "Chunk",
+    "ManagedSession",
+    "OneShotHandle",
+    "StreamingHandle",
+    "Transport",
+    "WATCHDOG",
+    "remote_command",
+    "remote_kill_script",
+]
+
+#: ``(fd, data)``: ``fd`` is 1 for stdout, 2 for stderr.
+Chunk = tuple[int, bytes]
+
+
+class Transport(abc.ABC):
+    """One running command, as a backend sees it."""
+
+    @abc.abstractmethod
+    def sources(self) -> list[Iterable[Chunk]]:
+        """Iterables of output chunks; each is drained on its own thread until exhausted."""
+
+    @abc.abstractmethod
+    def wait(self) -> int:
+        """Block until the command has exited; return its exit code.
+
+        Called once every source is exhausted. A command killed by signal N
+        should report ``128 + N``, as a shell does.
+        """
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Kill the command's whole process tree. Any thread, any time, idempotent."""
+
+    def poll(self) -> int | None:
+        """The exit code if the command has already exited, else ``None``."""
+        return None
+
+
+class _Watchdog:
+    """One daemon thread running delayed callbacks (timeouts, SIGKILL after grace)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._cancelled: set[int] = set()
+        self._ids = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, delay_s: float, callback: Callable[[], None]) -> int:
+        """Run ``callback`` after ``delay_s`` seconds; returns a token for :meth:`cancel`."""
+        token = next(self._ids)
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay_s, token, callback))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="atp-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return token
+
+    def cancel(self, token: int) -> None:
+        with self._cond:
+            if any(t == token for _, t, _ in self._heap):
+                self._cancelled.add(token)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                _, token, callback = heapq.heappop(self._heap)
+                if token in self._cancelled:
+                    self._cancelled.discard(token)
+                    continue
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a failing kill must not stop the watchdog
+                pass
+
+
+WATCHDOG = _Watchdog()
+
+
+class StreamingHandle(CommandHandle):
+    """A :class:`CommandHandle` over any :class:`Transport`.
+
+    stdout is kept once, as a list of lines with their terminators, which
+    serves both :meth:`stream` (a cursor over it) and :meth:`wait` (joined).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        timeout_s: float | None = None,
+        on_done: Callable[[StreamingHandle], None] | None = None,
+    ) -> None:
+        self._transport = transport
+        self._timeout_s = timeout_s
+        self._on_done = on_done
+        self._started = time.monotonic()
+        self._cond = threading.Condition()
+        self._lines: list[str] = []
+        self._partial = ""
+        self._stderr: list[str] = []
+        self._decoders = {
+            1: codecs.getincrementaldecoder("utf-8")(errors="replace"),
+            2: codecs.getincrementaldecoder("utf-8")(errors="replace"),
+        }
+        self._stdout_done = False
+        self._pump_errors: list[BaseException] = []
+        self._reason: int | None = None  # TIMEOUT_EXIT_CODE or CANCEL_EXIT_CODE once killed
+        self._result: CommandResult | None = None
+        self._finish_lock = threading.Lock()
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(src,), name="atp-pump", daemon=True)
+            for src in transport.sources()
+        ]
+        self._pumps_left = len(self._pumps)
+        for pump in self._pumps:
+            pump.start()
+        if not self._pumps:
+            with self._cond:
+                self._flush()
+        self._timer = (
+            WATCHDOG.schedule(timeout_s, self._on_timeout) if timeout_s and timeout_s > 0 else None
+        )
+
+    # -- draining ---------------------------------------------------------------
+    def _pump(self, source: Iterable[Chunk]) -> None:
+        try:
+            for fd, data in source:
+                self._feed(fd, data)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by wait()
+            if self._reason is None:
+                self._pump_errors.append(exc)
+        finally:
+            with self._cond:
+                self._pumps_left -= 1
+                if self._pumps_left == 0:
+                    self._flush()
+                self._cond.notify_all()
+
+    def _feed(self, fd: int, data: bytes) -> None:
+        text = self._decoders[fd].decode(data)
+        if not text:
+            return
+        with self._cond:
+            if fd == 2:
+                self._stderr.append(text)
+                return
+            parts = (self._partial + text).split("\n")
+            self._partial = parts.pop()
+            if parts:
+                self._lines.extend(part + "\n" for part in parts)
+                self._cond.notify_all()
+
+    def _flush(self) -> None:
+        """All sources are exhausted: emit the last line and mark stdout done (lock held)."""
+        if self._stdout_done:
+            return
+        tail = self._decoders[1].decode(b"", final=True)
+        err_tail = self._decoders[2].decode(b"", final=True)
+        if err_tail:
+            self._stderr.append(err_tail)
+        last = self._partial + tail
+        parts = last.split("\n")
+        self._partial = ""
+        self._lines.extend(part + "\n" for part in parts[:-1])
+        if parts[-1]:
+            self._lines.append(parts[-1])
+        self._stdout_done = True
+
+    # -- the contract -----------------------------------------------------------
+    def stream(self) -> Iterator[str]:
+        index = 0
+        while True:
+            with self._cond:
+                while index >= len(self._lines) and not self._stdout_done:
+                    self._cond.wait()
+                if index >= len(self._lines):
+                    return
+                batch = self._lines[index:]
+            index += len(batch)
+            for line in batch:
+                yield _strip_terminator(line)
+
+    def wait(self) -> CommandResult:
+        for pump in self._pumps:
+            pump.join()
+        with self._finish_lock:
+            if self._result is None:
+                self._result = self._finish()
+        return self._result
+
+    def _finish(self) -> CommandResult:
+        code = self._transport.wait()
+        if self._timer is not None:
+            WATCHDOG.cancel(self._timer)
+        with self._cond:
+            self._flush()
+            stderr = "".join(self._stderr)
+            stdout = "".join(self._lines)
+        if self._reason == TIMEOUT_EXIT_CODE:
+            code = TIMEOUT_EXIT_CODE
+            note = f"atp_notebook: command timed out after {self._timeout_s:g} s and was killed\n"
+            stderr += ("\n" if stderr and not stderr.endswith("\n") else "") + note
+        elif self._reason == CANCEL_EXIT_CODE:
+            code = CANCEL_EXIT_CODE
+        elif self._pump_errors:
+            raise self._pump_errors[0]
+        result = CommandResult(code, stdout, stderr, time.monotonic() - self._started)
+        if self._on_done is not None:
+            self._on_done(self)
+        return result
+
+    def cancel(self) -> None:
+        self._kill(CANCEL_EXIT_CODE)
+
+    def _on_timeout(self) -> None:
+        self._kill(TIMEOUT_EXIT_CODE)
+
+    def _kill(self, reason: int) -> None:
+        if self.finished:
+            return
+        with self._cond:
+            if self._reason is None:
+                self._reason = reason
+        self._transport.kill()
+
+    # -- introspection -----------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """True once the command exited and all of its output was drained."""
+        if self._result is not None:
+            return True
+        return self._stdout_done and self._transport.poll() is not None
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self._started
+
+
+def _strip_terminator(line: str) -> str:
+    if line.endswith("\r\n"):
+        return line[:-2]
+    if line.endswith("\n"):
+        return line[:-1]
+    return line
+
+
+class OneShotHandle(CommandHandle):
+    """The handle :meth:`ComputeBackend.start` returns: closes its session when done.
+
+    Closing syncs the workdir back out (where the backend copies files) and
+    tears the sandbox down, whether the command finished, failed or was
+    cancelled.
+    """
+
+    def __init__(self, session: ComputeSession, inner: CommandHandle) -> None:
+        self._session = session
+        self._inner = inner
+
+    def stream(self) -> Iterator[str]:
+        return self._inner.stream()
+
+    def wait(self) -> CommandResult:
+        try:
+            return self._inner.wait()
+        finally:
+            self._session.close()
+
+    def cancel(self) -> None:
+        try:
+            self._inner.cancel()
+        finally:
+            self._session.close()
+
+
+class ManagedSession(ComputeSession):
+    """Session bookkeeping shared by every backend.
+
+    Subclasses implement :meth:`_spawn` (start a shell command, return its
+    :class:`Transport`), :meth:`_teardown`, and optionally
+    :meth:`_check_alive` (raise :class:`SandboxDiedError` naming the cause)
+    and the sync methods (default: no-op, for backends sharing the host dir).
+    """
+
+    def __init__(
+        self,
+        backend: ComputeBackend,
+        workdir: Path,
+        *,
+        sandbox_workdir: str,
+        env: Mapping[str, str] | None = None,
+        timeout_s: int | None = None,
+    ) -> None:
+        self.backend = backend
+        self.workdir = Path(workdir)
+        self.sandbox_workdir = sandbox_workdir
+        self._env = {**backend.config.env, **(env or {})}
+        self._timeout_s = timeout_s if timeout_s is not None else backend.config.timeout_s
+        self._running: set[StreamingHandle] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- hooks ------------------------------------------------------------------
+    @abc.abstractmethod
+    def _spawn(self, command: str, env: Mapping[str, str]) -> Transport:
+        """Start ``command`` (already wrapped: cd + cache link) with ``env``."""
+
+    @abc.abstractmethod
+    def _teardown(self) -> None:
+        """Release the sandbox. Called once, after running commands were killed."""
+
+    def _check_alive(self) -> None:
+        """Raise :class:`SandboxDiedError` if the sandbox is gone."""
+
+    # -- the contract -------------------------------------------------------------
+    def exec(
+        self,
+        command: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout_s: int | None = None,
+    ) -> StreamingHandle:
+        if self._closed:
+            raise SessionClosedError(
+                f"This {self.backend.name} session is closed; open a new one "
+                "(backend.session(workdir), or `%lean_sandbox restart` in a notebook)."
+            )
+        self._check_alive()
+        image = self.backend.config.image
+        wrapped = wrap_command(self.sandbox_workdir, image.baked_lake, command)
+        transport = self._spawn(wrapped, {**self._env, **(env or {})})
+        timeout = self._timeout_s if timeout_s is None else timeout_s
+        handle = StreamingHandle(transport, timeout_s=timeout, on_done=self._forget)
+        with self._lock:
+            self._running.add(handle)
+        return handle
+
+    def sync_in(self) -> None:
+        self._check_open()
+
+    def sync_out(self) -> None:
+        self._check_open()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            running = list(self._running)
+        for handle in running:
+            handle.cancel()
+        self._teardown()
+
+    # -- helpers ------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def running(self) -> list[StreamingHandle]:
+        """Commands started in this session that have not finished yet."""
+        with self._lock:
+            return [h for h in self._running if not h.finished]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosedError(f"This {self.backend.name} session is closed; open a new one.")
+
+    def _forget(self, handle: StreamingHandle) -> None:
+        with self._lock:
+            self._running.discard(handle)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self.backend.name} {self.workdir} ({state})>"
+
+
+# -- killing a process tree from a second exec ------------------------------------
+#
+# Docker and Modal cannot kill an exec'd process. So the command runs in a new
+# session (setsid) whose process-group id it writes to a pid file; a second
+# exec then kills the whole group. The outer shell stays outside the group,
+# waits for it and reports its exit code. Stdin travels through fd 3: an
+# asynchronous list would otherwise read /dev/null.
+
+_PID_DIR = "/tmp/.atp-pids"
+
+
+def remote_command(command: str, token: str) -> str:
+    """Wrap ``command`` so :func:`remote_kill_script` with the same token can kill its tree."""
+    pidfile = shlex.quote(f"{_PID_DIR}/{token}")
+    inner = f"echo $$ > {pidfile}; exec /bin/sh -c {shlex.quote(command)}"
+    return (
+        f"mkdir -p {_PID_DIR} 2>/dev/null; exec 3<&0; "
+        f"setsid /bin/sh -c {shlex.quote(inner)} <&3 3<&- & "
+        f"pid=$!; wait $pid; code=$?; rm -f {pidfile}; exit $code"
+    )
+
+
+def remote_kill_script(token: str, grace_s: float = 2.0) -> str:
+    """A script killing the group :func:`remote_command` recorded: TERM, then KILL after grace."""
+    pidfile = shlex.quote(f"{_PID_DIR}/{token}")
+    steps = max(1, int(grace_s * 10))
+    return (
+        # the command may not have written its pid file yet: give it a second
+        f"i=0; while [ ! -s {pidfile} ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done; "
+        f"[ -s {pidfile} ] || exit 0; pg=$(cat {pidfile}); "
+        f'kill -TERM -"$pg" 2>/dev/null; '
+        f'i=0; while kill -0 -"$pg" 2>/dev/null && [ $i -lt {steps} ]; do sleep 0.1; i=$((i+1)); done; '
+        f'kill -KILL -"$pg" 2>/dev/null; rm -f {pidfile}; exit 0'
+    )

@@ -1,0 +1,158 @@
+"""The backend contract, as tests every backend runs.
+
+A backend's test module subclasses :class:`ContractTests` and provides the
+``make_backend`` fixture: ``make_backend(**config) -> ComputeBackend``. Every
+command here is POSIX sh using only busybox applets, so the same tests run
+on the host and inside a minimal container.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from atp_notebook.backends.base import (
+    CANCEL_EXIT_CODE,
+    TIMEOUT_EXIT_CODE,
+    ComputeBackend,
+    SessionClosedError,
+)
+
+# Prints "alive" or "dead" for the pid stored in the file $1 (zombies count as dead).
+PROC_STATE = (
+    'p=$(cat "$1"); s=$(cut -d" " -f3 /proc/$p/stat 2>/dev/null); '
+    'if [ -n "$s" ] && [ "$s" != Z ]; then echo alive; else echo dead; fi'
+)
+
+
+def proc_state(session, pidfile: str) -> str:
+    return session.exec(f"set -- {pidfile}; {PROC_STATE}").wait().stdout.strip()
+
+
+class ContractTests:
+    """Behaviour every ComputeBackend must have (see DESIGN.md)."""
+
+    @pytest.fixture
+    def backend(self, make_backend) -> ComputeBackend:
+        return make_backend()
+
+    @pytest.fixture
+    def session(self, backend, tmp_path):
+        with backend.session(tmp_path) as session:
+            yield session
+
+    # -- streaming -----------------------------------------------------------
+    def test_lines_stream_before_the_command_ends(self, session):
+        with session.exec("echo first; sleep 1; echo second") as handle:
+            lines = handle.stream()
+            assert next(lines) == "first"
+            first_at = handle.elapsed_s
+            assert not handle.finished
+            assert list(lines) == ["second"]
+            result = handle.wait()
+        assert result.exit_code == 0
+        # the first line came out well before the end (the command sleeps 1 s between them)
+        assert first_at < result.duration_s / 2
+
+    def test_last_line_without_newline_is_yielded(self, session):
+        handle = session.exec("printf 'a\\nb'")
+        assert list(handle.stream()) == ["a", "b"]
+        assert handle.wait().stdout == "a\nb"
+
+    def test_wait_returns_whole_output_after_partial_stream(self, session):
+        handle = session.exec("for i in 1 2 3 4 5; do echo line$i; done; echo oops >&2")
+        assert next(handle.stream()) == "line1"
+        result = handle.wait()
+        assert result.stdout == "".join(f"line{i}\n" for i in range(1, 6))
+        assert result.stderr == "oops\n"
+
+    def test_ten_megabytes_of_mixed_output_do_not_deadlock(self, session):
+        cmd = "(yes out | head -c 5000000) & (yes err | head -c 5000000 >&2); wait"
+        result = session.exec(cmd, timeout_s=120).wait()
+        assert result.exit_code == 0
+        assert len(result.stdout) == 5_000_000 and set(result.stdout) == {"o", "u", "t", "\n"}
+        assert len(result.stderr) == 5_000_000 and set(result.stderr) == {"e", "r", "\n"}
+
+    def test_non_utf8_bytes_are_replaced_not_fatal(self, session):
+        handle = session.exec("printf 'caf\\303\\251 \\377\\376 ok\\n'; printf '\\377' >&2")
+        assert list(handle.stream()) == ["café \ufffd\ufffd ok"]
+        assert handle.wait().stderr == "\ufffd"
+
+    def test_exit_code_and_stderr_are_reported(self, session):
+        result = session.exec("echo out; echo err >&2; exit 3").wait()
+        assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
+
+    # -- timeout and cancel ------------------------------------------------------
+    def test_timeout_kills_the_whole_tree(self, session):
+        start = time.monotonic()
+        result = session.exec("sleep 30 & echo $! > child.pid; echo started; wait", timeout_s=1).wait()
+        assert result.exit_code == TIMEOUT_EXIT_CODE
+        assert "timed out after 1 s" in result.stderr
+        assert result.stdout == "started\n"
+        assert time.monotonic() - start < 15
+        time.sleep(0.3)
+        assert proc_state(session, "child.pid") == "dead"
+
+    def test_cancel_from_another_thread_keeps_the_session(self, session):
+        handle = session.exec("sleep 30 & echo $! > child.pid; wait")
+        threading.Timer(0.5, handle.cancel).start()
+        result = handle.wait()
+        assert result.exit_code == CANCEL_EXIT_CODE
+        assert result.duration_s < 15
+        time.sleep(0.3)
+        assert proc_state(session, "child.pid") == "dead"
+        assert session.exec("echo still here").wait().stdout == "still here\n"
+
+    def test_cancel_after_finish_is_a_noop(self, session):
+        with session.exec("echo done; exit 4") as handle:
+            result = handle.wait()
+        handle.cancel()
+        assert handle.wait() == result
+        assert result.exit_code == 4
+
+    # -- environment -------------------------------------------------------------
+    def test_env_precedence(self, make_backend, tmp_path):
+        backend = make_backend(env={"A": "cfg", "B": "cfg", "C": "cfg"})
+        with backend.session(tmp_path, env={"B": "sess", "C": "sess"}) as session:
+            result = session.exec('echo "$A $B $C"', env={"C": "exec"}).wait()
+        assert result.stdout == "cfg sess exec\n"
+
+    def test_commands_run_in_the_workdir(self, session, tmp_path):
+        (tmp_path / "hello.txt").write_text("from host\n")
+        session.sync_in()
+        result = session.exec("cat hello.txt; echo made > made.txt").wait()
+        assert result.stdout == "from host\n"
+        session.sync_out()
+        assert (tmp_path / "made.txt").read_text() == "made\n"
+
+    # -- lifecycle ---------------------------------------------------------------
+    def test_close_is_idempotent_and_exec_after_close_fails(self, backend, tmp_path):
+        session = backend.session(tmp_path)
+        assert session.exec("true").wait().exit_code == 0
+        session.close()
+        session.close()
+        with pytest.raises(SessionClosedError, match="closed"):
+            session.exec("true")
+
+    def test_close_kills_what_still_runs(self, backend, tmp_path):
+        session = backend.session(tmp_path)
+        handle = session.exec("sleep 30")
+        time.sleep(0.3)
+        start = time.monotonic()
+        session.close()
+        assert handle.wait().exit_code == CANCEL_EXIT_CODE
+        assert time.monotonic() - start < 15
+
+    def test_one_shot_run_syncs_and_tears_down(self, backend, tmp_path):
+        (tmp_path / "in.txt").write_text("x\n")
+        result = backend.run(tmp_path, "cat in.txt > out.txt; echo hi")
+        assert (result.exit_code, result.stdout) == (0, "hi\n")
+        assert (tmp_path / "out.txt").read_text() == "x\n"
+
+    def test_one_shot_start_streams(self, backend, tmp_path):
+        with backend.start(tmp_path, "echo a; echo b") as handle:
+            assert list(handle.stream()) == ["a", "b"]
+            assert handle.wait().exit_code == 0
