@@ -64,3 +64,16 @@ def test_closed_session_repr_says_so(tmp_path):
     session.close()
     assert "closed" in repr(session) and "local" in repr(session)
     assert Path(tmp_path).exists()
+
+
+def test_baked_lake_from_the_environment_and_real_lake_dirs_kept(tmp_path, monkeypatch):
+    cache = tmp_path / "warm" / ".lake"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("ATP_BAKED_LAKE", str(cache))
+    linked, own = tmp_path / "linked", tmp_path / "own"
+    (own / ".lake" / "build").mkdir(parents=True)
+    for workdir in (linked, own):
+        with LocalBackend().session(workdir) as session:
+            assert session.exec("true").wait().exit_code == 0
+    assert os.readlink(linked / ".lake") == str(cache)
+    assert not (own / ".lake").is_symlink() and not (own / ".lake" / ".lake").exists()

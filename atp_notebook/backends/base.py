@@ -208,13 +208,17 @@ def wrap_command(workdir_mount: str, baked_lake: str, command: str) -> str:
 
     The one image-layout convention the backends own: the workdir's ``.lake``
     becomes a symlink to the image-baked olean cache (when the image has one),
-    so an uploaded project reuses it. Empty ``baked_lake`` skips the link.
-    Paths are shell-quoted, so a workdir with spaces works.
+    so an uploaded project reuses it. Empty ``baked_lake`` skips the link, and
+    so does a workdir whose ``.lake`` is a real directory (its own build is
+    never touched). Paths are shell-quoted, so a workdir with spaces works.
     """
     prep = f"cd {shlex.quote(workdir_mount)}"
     if baked_lake:
         lake = shlex.quote(baked_lake)
-        prep += f" && {{ [ -e {lake} ] && ln -sfn {lake} .lake || true; }}"
+        prep += (
+            f" && {{ [ -e {lake} ] && {{ [ -L .lake ] || [ ! -e .lake ]; }}"
+            f" && ln -sfn {lake} .lake || true; }}"
+        )
     return f"{prep}; {command}"
 
 

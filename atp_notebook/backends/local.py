@@ -25,7 +25,11 @@ from atp_notebook.backends.machinery import (
     Transport,
 )
 
-__all__ = ["LocalBackend", "LocalConfig", "LocalSession"]
+__all__ = ["BAKED_LAKE_ENV", "LocalBackend", "LocalConfig", "LocalSession"]
+
+#: Environment variable naming a warm ``.lake`` on the host (it overrides
+#: ``image.baked_lake`` for the local backend; Binder's ``start`` sets it).
+BAKED_LAKE_ENV = "ATP_BAKED_LAKE"
 
 _READ_SIZE = 1 << 16
 
@@ -106,6 +110,8 @@ class LocalSession(ManagedSession):
     def __init__(self, backend: LocalBackend, workdir: Path, **kwargs: object) -> None:
         super().__init__(backend, workdir, sandbox_workdir=str(workdir), **kwargs)  # type: ignore[arg-type]
         self._grace_s = backend.config.kill_grace_s
+        # A host with a warm Mathlib project of its own (Binder, a dev box) says where.
+        self.baked_lake = os.environ.get(BAKED_LAKE_ENV) or self.baked_lake
 
     def _spawn(self, command: str, env: Mapping[str, str]) -> Transport:
         return LocalProcess(command, cwd=self.workdir, env={**os.environ, **env}, grace_s=self._grace_s)

@@ -340,6 +340,8 @@ class ManagedSession(ComputeSession):
         self.backend = backend
         self.workdir = Path(workdir)
         self.sandbox_workdir = sandbox_workdir
+        #: The warm ``.lake`` the workdir is linked to (see :func:`wrap_command`).
+        self.baked_lake = backend.config.image.baked_lake
         self._env = {**backend.config.env, **(env or {})}
         self._timeout_s = timeout_s if timeout_s is not None else backend.config.timeout_s
         self._running: set[StreamingHandle] = set()
@@ -372,8 +374,7 @@ class ManagedSession(ComputeSession):
                 "(backend.session(workdir), or `%lean_sandbox restart` in a notebook)."
             )
         self._check_alive()
-        image = self.backend.config.image
-        wrapped = wrap_command(self.sandbox_workdir, image.baked_lake, command)
+        wrapped = wrap_command(self.sandbox_workdir, self.baked_lake, command)
         transport = self._spawn(wrapped, {**self._env, **(env or {})})
         timeout = self._timeout_s if timeout_s is None else timeout_s
         handle = StreamingHandle(transport, timeout_s=timeout, on_done=self._forget)
