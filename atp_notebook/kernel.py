@@ -1,0 +1,387 @@
+"""One sandbox session per kernel: opened lazily, reused by every cell, closed at exit.
+
+:class:`KernelSession` is the single owner of that state: which backend and
+image, which host workdir, the open :class:`~atp_notebook.backends.base.ComputeSession`,
+the commands running in it (so a cancel can reach them), the last sync, and
+a short state string for the session panel. The magics, the panel's buttons
+and ``atp-notebook check`` all act through it; it knows nothing of IPython.
+
+* The session opens on first use (:meth:`KernelSession.ensure`), not when the
+  extension loads.
+* A sandbox that died (container killed, out of memory, Modal timeout) is
+  noticed when a command starts: the dead session is closed, a new one opened
+  and the command started once more, and :attr:`KernelSession.say` tells
+  the user so.
+* Every live ``KernelSession`` is closed when the interpreter exits (the
+  kernel shutting down), by one :mod:`atexit` hook registered the first time
+  a ``KernelSession`` is made.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from atp_notebook.backends import get_backend
+from atp_notebook.backends.base import CommandHandle, ComputeBackend, ComputeSession, SandboxDiedError
+from atp_notebook.images import DEFAULT_IMAGE, Image
+
+__all__ = ["DEFAULT_WORKDIR", "KernelSession", "close_all"]
+
+#: Where cells' files live when no workdir is configured: this folder of the
+#: kernel's current directory (resolved when the session first opens).
+DEFAULT_WORKDIR = "lean_workdir"
+
+_LIVE: weakref.WeakSet[KernelSession] = weakref.WeakSet()
+_ATEXIT_REGISTERED = False
+
+
+def close_all() -> None:
+    """Close every live :class:`KernelSession` (the :mod:`atexit` hook)."""
+    for kernel in list(_LIVE):
+        try:
+            kernel.close()
+        except Exception:  # noqa: BLE001 - at exit, closing the others matters more
+            pass
+
+
+def _register_atexit() -> None:
+    global _ATEXIT_REGISTERED
+    if not _ATEXIT_REGISTERED:
+        atexit.register(close_all)
+        _ATEXIT_REGISTERED = True
+
+
+class KernelSession:
+    """The kernel's one sandbox session and everything known about it.
+
+    Parameters
+    ----------
+    backend:
+        ``auto``, ``local``, ``docker`` or ``modal`` (see
+        :func:`~atp_notebook.backends.get_backend`).
+    workdir:
+        Host folder holding the cells' files; a relative path is resolved
+        against the current directory when the session opens.
+    image:
+        Image tag, or ``""`` for :data:`~atp_notebook.images.DEFAULT_IMAGE`.
+    env:
+        Extra environment variables for every command of the session.
+    say:
+        Where notes for the user go (session reopened, closed on a config
+        change, ...). Default: :func:`print`.
+    backend_factory:
+        Builds the backend from ``(name, **config)``; default
+        :func:`~atp_notebook.backends.get_backend`. Tests and embedders may
+        pass their own.
+    """
+
+    def __init__(
+        self,
+        backend: str = "auto",
+        *,
+        workdir: str | Path = DEFAULT_WORKDIR,
+        image: str = "",
+        env: Mapping[str, str] | None = None,
+        say: Callable[[str], None] = print,
+        backend_factory: Callable[..., ComputeBackend] = get_backend,
+    ) -> None:
+        self.backend_name = backend
+        self._workdir = str(workdir)
+        self.image_tag = image
+        self.env = dict(env or {})
+        self.say = say
+        self.backend_factory = backend_factory
+        self.backend: ComputeBackend | None = None
+        self.session: ComputeSession | None = None
+        self.opened = 0  # sessions opened so far (reopen after death included)
+        self.last_sync: float | None = None  # time.time() of the last sync
+        self.last_sync_report = ""
+        self._handles: list[tuple[CommandHandle, str]] = []
+        self._phase = ""  # "opening", "syncing" while they last
+        self._ever_closed = False
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[], Any]] = []
+        _LIVE.add(self)
+        _register_atexit()
+
+    # -- configuration -------------------------------------------------------------
+    @property
+    def workdir(self) -> Path:
+        """The host workdir (absolute): the open session's, else the configured one."""
+        if self.session is not None and getattr(self.session, "workdir", None) is not None:
+            return Path(self.session.workdir)  # type: ignore[attr-defined]
+        return Path(self._workdir).expanduser().resolve()
+
+    @property
+    def image(self) -> Image:
+        """The image of the open backend, else the one the configuration names."""
+        if self.backend is not None:
+            return self.backend.config.image
+        if self.image_tag:
+            return dataclasses.replace(DEFAULT_IMAGE, tag=self.image_tag)
+        return DEFAULT_IMAGE
+
+    def configure(
+        self,
+        *,
+        backend: str | None = None,
+        workdir: str | Path | None = None,
+        image: str | None = None,
+    ) -> bool:
+        """Change backend, workdir or image; an open session on the old ones is closed.
+
+        Returns True when a session was closed (the next use opens the new one).
+        """
+        changed = (
+            (backend is not None and backend != self.backend_name)
+            or (workdir is not None and str(workdir) != self._workdir)
+            or (image is not None and image != self.image_tag)
+        )
+        if backend is not None:
+            self.backend_name = backend
+        if workdir is not None:
+            self._workdir = str(workdir)
+        if image is not None:
+            self.image_tag = image
+        if not changed:
+            return False
+        was_open = self.session is not None
+        old = self.backend.name if self.backend is not None else "sandbox"
+        self.close()
+        self.backend = None  # rebuilt on next use, with the new backend name and image
+        self._changed()
+        if not was_open:
+            return False
+        self.say(f"Closed the {old} session; the next cell opens a new one "
+                 f"({self.backend_name} backend, workdir {self.workdir}).")
+        return True
+
+    # -- the session -------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self.session is not None and not getattr(self.session, "closed", False)
+
+    def ensure(self) -> ComputeSession:
+        """The open session, opening one first if there is none."""
+        with self._lock:
+            if self.is_open:
+                return self.session  # type: ignore[return-value]
+            self.session = None
+            self._phase = "opening"
+            self._changed()
+            try:
+                if self.backend is None:
+                    config: dict[str, Any] = {}
+                    if self.image_tag:
+                        config["image"] = self.image_tag
+                    self.backend = self.backend_factory(self.backend_name, **config)
+                workdir = Path(self._workdir).expanduser().resolve()
+                workdir.mkdir(parents=True, exist_ok=True)
+                self.session = self.backend.session(workdir, env=self.env or None)
+                self.opened += 1
+            except BaseException:
+                self.backend = None
+                raise
+            finally:
+                self._phase = ""
+                self._changed()
+            return self.session
+
+    def start(
+        self,
+        command: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        sync_in: bool = True,
+    ) -> CommandHandle:
+        """Sync in (optionally) and start ``command`` in the session, streaming.
+
+        If the sandbox died, the dead session is closed, a new one is opened
+        and the command is started once more; the user is told. A second
+        death in a row is raised.
+        """
+        for attempt in (1, 2):
+            session = self.ensure()
+            try:
+                if sync_in:
+                    self._sync(session, "in")
+                handle = session.exec(command, env=env, timeout_s=timeout_s)  # type: ignore[arg-type]
+            except SandboxDiedError as exc:
+                if attempt == 2:
+                    raise
+                name = self.backend.name if self.backend is not None else "sandbox"
+                self.say(f"The {name} sandbox had died ({exc}). "
+                         "Opened a new session and ran the command again; "
+                         "files only in the old sandbox are lost.")
+                self._discard()
+                continue
+            with self._lock:
+                self._handles = [(h, c) for h, c in self._handles if not _finished(h)]
+                self._handles.append((handle, command))
+            self._changed()
+            return handle
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def done(self, handle: CommandHandle) -> None:
+        """Forget ``handle`` (its command finished); refreshes listeners."""
+        with self._lock:
+            self._handles = [(h, c) for h, c in self._handles if h is not handle and not _finished(h)]
+        self._changed()
+
+    @property
+    def running(self) -> list[tuple[CommandHandle, str]]:
+        """``(handle, command)`` of the commands started here that still run."""
+        with self._lock:
+            return [(h, c) for h, c in self._handles if not _finished(h)]
+
+    def cancel(self) -> int:
+        """Cancel every command started here that still runs; the session stays open.
+
+        Thread-safe: may be called while another thread waits on the command.
+        Returns how many commands were cancelled.
+        """
+        running = self.running
+        for handle, _ in running:
+            handle.cancel()
+        self._changed()
+        return len(running)
+
+    def sync(self, direction: str = "both") -> str:
+        """Sync the workdir ``in`` (host → sandbox), ``out`` (back) or ``both``; returns a report."""
+        if direction not in ("in", "out", "both"):
+            raise ValueError(f"sync direction must be in, out or both, not {direction!r}")
+        session = self.ensure()
+        reports = []
+        for way in ("in", "out") if direction == "both" else (direction,):
+            reports.append(self._sync(session, way))
+        return "; ".join(reports)
+
+    def sync_out(self) -> str:
+        """Pull the sandbox's files back to the host (after a command)."""
+        session = self.ensure()
+        return self._sync(session, "out")
+
+    def _sync(self, session: ComputeSession, way: str) -> str:
+        self._phase = "syncing"
+        self._changed()
+        try:
+            report = session.sync_in() if way == "in" else session.sync_out()
+        finally:
+            self._phase = ""
+        text = f"{way}: {report}" if report not in (None, "") else f"{way}: ok"
+        self.last_sync, self.last_sync_report = time.time(), text
+        self._changed()
+        return text
+
+    def restart(self) -> ComputeSession:
+        """Close the session (killing what runs) and open a fresh one."""
+        self.close()
+        return self.ensure()
+
+    def close(self) -> None:
+        """Close the session if open, killing what still runs. Idempotent."""
+        with self._lock:
+            session, self.session = self.session, None
+            self._handles = []
+        if session is not None:
+            self._ever_closed = True
+            try:
+                session.close()
+            finally:
+                self._changed()
+
+    def _discard(self) -> None:
+        """Drop a dead session without letting its teardown error hide the reopen."""
+        with self._lock:
+            session, self.session = self.session, None
+            self._handles = []
+        if session is not None:
+            try:
+                session.close()
+            except Exception:  # noqa: BLE001 - it is dead already; its teardown may fail too
+                pass
+
+    # -- state for people and panels ---------------------------------------------------
+    @property
+    def state(self) -> str:
+        """``not started``, ``opening``, ``idle``, ``running``, ``syncing`` or ``closed``."""
+        if self._phase:
+            return self._phase
+        if self.is_open:
+            return "running" if self.running else "idle"
+        return "closed" if self._ever_closed else "not started"
+
+    def describe(self) -> dict[str, str]:
+        """What the status line and the panel show, as strings."""
+        image = self.image
+        pins = ", ".join(p for p in (image.toolchain, f"Mathlib {image.mathlib_rev}" if image.mathlib_rev else "") if p)
+        backend = self.backend.name if self.backend is not None else self.backend_name
+        if self.backend is not None and self.backend_name != backend:
+            backend += f" (from {self.backend_name})"
+        last = "never"
+        if self.last_sync is not None:
+            last = f"{time.strftime('%H:%M:%S', time.localtime(self.last_sync))} ({self.last_sync_report})"
+        running = self.running
+        return {
+            "backend": backend,
+            "image": f"{image.tag} ({pins})" if pins else image.tag,
+            "workdir": str(self.workdir),
+            "state": self.state,
+            "last sync": last,
+            "running": "; ".join(cmd for _, cmd in running) if running else "-",
+        }
+
+    def status_text(self) -> str:
+        """:meth:`describe` as aligned ``key  value`` lines."""
+        info = self.describe()
+        width = max(map(len, info))
+        return "\n".join(f"{key:<{width}}  {value}" for key, value in info.items())
+
+    def subscribe(self, callback: Callable[[], Any]) -> Callable[[], None]:
+        """Call ``callback()`` whenever the state changes; returns an unsubscribe function.
+
+        Bound methods are held weakly, so a forgotten panel does not live on.
+        """
+        ref: Callable[[], Any]
+        if hasattr(callback, "__self__") and hasattr(callback, "__func__"):
+            weak = weakref.WeakMethod(callback)  # type: ignore[arg-type]
+
+            def ref() -> Any:
+                method = weak()
+                return method() if method is not None else None
+        else:
+            ref = callback
+        with self._lock:
+            self._listeners.append(ref)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if ref in self._listeners:
+                    self._listeners.remove(ref)
+
+        return unsubscribe
+
+    def _changed(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a broken panel must not break a cell
+                pass
+
+    def __repr__(self) -> str:
+        return f"<KernelSession {self.backend_name} {self._workdir} ({self.state})>"
+
+
+def _finished(handle: CommandHandle) -> bool:
+    finished = getattr(handle, "finished", None)
+    return bool(finished) if finished is not None else False
