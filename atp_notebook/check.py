@@ -22,8 +22,6 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import threading
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Protocol
@@ -32,7 +30,6 @@ from atp_notebook.backends.base import (
     CANCEL_EXIT_CODE,
     TIMEOUT_EXIT_CODE,
     AtpError,
-    CommandHandle,
     CommandResult,
 )
 from atp_notebook.diagnostics import (
@@ -48,6 +45,7 @@ from atp_notebook.diagnostics import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from atp_notebook.backends.machinery import StreamingHandle
     from atp_notebook.kernel import KernelSession
 
 __all__ = [
@@ -345,52 +343,8 @@ def build_command(template: str, file: str) -> str:
 # -- following a command ------------------------------------------------------------------
 
 
-class _Pump:
-    """Reads ``handle.stream()`` on a thread and hands lines over in batches.
-
-    The reading thread only appends to a deque (atomic) and raises a flag
-    when it was down, so a flood of lines costs no lock per line; the caller
-    waits on the flag with a timeout, which keeps it responsive to
-    KeyboardInterrupt and to its own ticks.
-    """
-
-    def __init__(self, handle: CommandHandle) -> None:
-        self._handle = handle
-        self._lines: deque[str] = deque()
-        self._ready = threading.Event()
-        self._done = False
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="atp-follow", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        append, ready = self._lines.append, self._ready
-        try:
-            for line in self._handle.stream():
-                append(line)
-                if not ready.is_set():
-                    ready.set()
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller via wait()
-            self.error = exc
-        finally:
-            self._done = True
-            ready.set()
-
-    def take(self, timeout: float) -> tuple[list[str], bool]:
-        """Lines that arrived (waiting up to ``timeout`` for the first), and whether that is all."""
-        if not self._lines and not self._done:
-            self._ready.wait(timeout)
-        self._ready.clear()  # before draining: a line appended after this raises the flag again
-        done = self._done  # read before draining, so no line can follow a True
-        popleft = self._lines.popleft
-        return [popleft() for _ in range(len(self._lines))], done
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-
 def follow(
-    handle: CommandHandle,
+    handle: StreamingHandle,
     on_lines: Callable[[list[str]], None],
     tick: Callable[[], float] | None = None,
 ) -> tuple[CommandResult, bool]:
@@ -407,12 +361,12 @@ def follow(
     True. A second interrupt while waiting for the kill stops the wait and
     propagates.
     """
-    pump = _Pump(handle)
+    cursor = handle.cursor()
     interrupted = False
     wait_s = 0.1
     try:
         while True:
-            lines, done = pump.take(wait_s)
+            lines, done = cursor.take(wait_s)
             if lines:
                 on_lines(lines)
             wait_s = min(max(tick(), 0.005), 0.5) if tick is not None else 0.5
@@ -423,8 +377,7 @@ def follow(
         handle.cancel()
     result = handle.wait()
     if interrupted:
-        pump.join(5.0)
-        lines, _ = pump.take(0)
+        lines, _ = cursor.take(0)
         if lines:
             on_lines(lines)
     if tick is not None:
@@ -444,6 +397,14 @@ class _Collector:
         """Account for a batch; returns the parses made, by index in the batch."""
         parsed: dict[int, Item] = {}
         info_key = '"severity":"information"'
+        if self._infos >= SHOWN_INFO:
+            # A flood of #eval output: when every JSON line of the batch is an
+            # information message, count them in bulk (one join, two counts).
+            blob = "\n".join(lines)
+            infos = blob.count(info_key)
+            if infos == blob.count("\n{") + blob.startswith("{"):
+                self.counts["information"] += infos
+                return parsed
         for i, line in enumerate(lines):
             if line[:1] != "{" and not line.lstrip().startswith("{"):
                 continue  # lake's own lines, crash text: never a message

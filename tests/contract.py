@@ -62,6 +62,11 @@ class ContractTests:
         assert list(handle.stream()) == ["a", "b"]
         assert handle.wait().stdout == "a\nb"
 
+    def test_crlf_line_ends_are_stripped_but_stdout_is_exact(self, session):
+        handle = session.exec("printf 'a\\r\\nb\\rc\\n\\n'")
+        assert list(handle.stream()) == ["a", "b\rc", ""]
+        assert handle.wait().stdout == "a\r\nb\rc\n\n"
+
     def test_wait_returns_whole_output_after_partial_stream(self, session):
         handle = session.exec("for i in 1 2 3 4 5; do echo line$i; done; echo oops >&2")
         assert next(handle.stream()) == "line1"

@@ -85,3 +85,27 @@ def test_remote_command_keeps_exit_code_and_stdin(tmp_path):
         cwd=tmp_path, input="hello\n", capture_output=True, text=True, timeout=20,
     )
     assert (out.returncode, out.stdout) == (7, "got hello\n")
+
+
+def test_watchdog_runs_due_callbacks_and_forgets_cancelled_ones():
+    import gc
+    import threading
+    import weakref
+
+    from atp_notebook.backends.machinery import WATCHDOG
+
+    fired = threading.Event()
+    WATCHDOG.schedule(0.05, fired.set)
+
+    class Payload:
+        def __call__(self) -> None:
+            raise AssertionError("cancelled callback ran")
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+    WATCHDOG.cancel(WATCHDOG.schedule(0.1, payload))
+    del payload
+    gc.collect()
+    assert ref() is None  # a cancelled entry keeps nothing alive
+    assert fired.wait(5)
+    time.sleep(0.2)  # the cancelled one would have fired by now
