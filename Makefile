@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOK ?= notebooks/01-getting-started.ipynb
 
-.PHONY: lab test bench doctor clean
+.PHONY: lab test bench doctor system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab $(NOTEBOOK)
 
 ## Run the whole test suite.
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## System packages some tests use (installed when run as root with apt-get).
+system-deps:
+	@sh scripts/system-deps.sh
 
 ## Run the benchmarks (ratios measured side by side; non-zero exit on a missed target).
 bench: $(STAMP)

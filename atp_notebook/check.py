@@ -540,7 +540,7 @@ def cli_check(
     and the verdict go to ``err``.
     """
     from atp_notebook.kernel import KernelSession
-    from atp_notebook.project import ensure_project
+    from atp_notebook.project import prepare
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -556,8 +556,7 @@ def cli_check(
         return 2
     kernel = KernelSession(backend, workdir=root, image=image, say=lambda text: print(text, file=err))
     try:
-        kernel.ensure()
-        created = ensure_project(root, kernel.image)
+        created = prepare(root, kernel.image, kernel)
         if created is not None:
             kernel.say(created.describe())
         template = command or DEFAULT_CHECK_COMMAND

@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from atp_notebook.backends import get_backend
-from atp_notebook.backends.base import CommandHandle, ComputeBackend, ComputeSession, SandboxDiedError
+from atp_notebook.backends.base import (
+    CommandHandle,
+    CommandResult,
+    ComputeBackend,
+    ComputeSession,
+    SandboxDiedError,
+)
 from atp_notebook.images import DEFAULT_IMAGE, Image
 
 __all__ = ["DEFAULT_WORKDIR", "KernelSession", "close_all"]
@@ -212,7 +218,7 @@ class KernelSession:
             session = self.ensure()
             try:
                 if sync_in:
-                    self._sync(session, "in")
+                    self._sync(session, "in", announce=True)
                 handle = session.exec(command, env=env, timeout_s=timeout_s)  # type: ignore[arg-type]
             except SandboxDiedError as exc:
                 if attempt == 2:
@@ -229,6 +235,16 @@ class KernelSession:
             self._changed()
             return handle
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def run(self, command: str, *, timeout_s: float | None = None) -> CommandResult:
+        """Sync in, run ``command`` to the end (reopening a dead sandbox once), sync out."""
+        handle = self.start(command, timeout_s=timeout_s)
+        try:
+            result = handle.wait()
+        finally:
+            self.done(handle)
+        self.sync_out()
+        return result
 
     def done(self, handle: CommandHandle) -> None:
         """Forget ``handle`` (its command finished); refreshes listeners."""
@@ -267,9 +283,14 @@ class KernelSession:
     def sync_out(self) -> str:
         """Pull the sandbox's files back to the host (after a command)."""
         session = self.ensure()
-        return self._sync(session, "out")
+        return self._sync(session, "out", announce=True)
 
-    def _sync(self, session: ComputeSession, way: str) -> str:
+    def _sync(self, session: ComputeSession, way: str, *, announce: bool = False) -> str:
+        """Sync one way; returns the report's text.
+
+        ``announce``: tell the user (:attr:`say`) about conflicts, for the
+        syncs a cell makes on its own, whose report nobody else shows.
+        """
         self._phase = "syncing"
         self._changed()
         try:
@@ -279,6 +300,10 @@ class KernelSession:
         text = f"{way}: {report}" if report not in (None, "") else f"{way}: ok"
         self.last_sync, self.last_sync_report = time.time(), text
         self._changed()
+        conflicts = getattr(report, "conflict_messages", None)
+        if announce and getattr(report, "conflicts", None) and callable(conflicts):
+            self.say(f"Sync {way}: " + "; ".join(conflicts())
+                     + ". Nothing was lost: merge the two versions, then delete the conflict copy.")
         return text
 
     def restart(self) -> ComputeSession:

@@ -50,7 +50,7 @@ from atp_notebook.check import (
 from atp_notebook.diagnostics import parse_json_line
 from atp_notebook.display import LiveView, RunLog
 from atp_notebook.kernel import DEFAULT_WORKDIR, KernelSession
-from atp_notebook.project import ensure_project
+from atp_notebook.project import prepare
 
 __all__ = ["BackgroundRun", "LeanSandbox", "load", "unload"]
 
@@ -246,9 +246,12 @@ class LeanSandbox(Magics):
         self._open()
         workdir = kernel.workdir
         path = write_cell(workdir, file, cell)
-        created = ensure_project(workdir, kernel.image)
+        try:
+            created = prepare(workdir, kernel.image, kernel)
+        except AtpError as exc:
+            raise LeanSandboxError(str(exc)) from exc
         if created is not None:
-            self._say(created.describe() + _project_hint(self._backend_label()))
+            self._say(created.describe() + ("" if created.warm else _project_hint(self._backend_label())))
         rel = relative_name(workdir, path)
         command = build_command(self.check_command, rel)
         log = RunLog(workdir, rel, header=f"$ {command}\n# backend: {self._backend_label()}, workdir: {workdir}")

@@ -7,17 +7,36 @@ toolchain, ``lakefile.toml`` requiring Mathlib at the image's revision (so the
 image's warm ``.lake`` cache is the one Lake expects), ``.gitignore`` and
 ``.atpignore`` keeping build products and run logs out of git and sync.
 Existing files are never overwritten.
+
+When the sandbox has a warm Mathlib project (the image's ``baked_lake``, or
+``ATP_BAKED_LAKE`` on a host), :func:`prepare` also copies that project's
+``lake-manifest.json`` into a freshly scaffolded workdir, inside the sandbox:
+with it, Lake finds every package already checked out under the linked
+``.lake`` and fetches nothing.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from atp_notebook.images import Image
 
-__all__ = ["LAKEFILES", "MATHLIB_GIT", "Scaffold", "ensure_project", "has_project", "lakefile_toml", "scaffold"]
+__all__ = [
+    "LAKEFILES",
+    "MATHLIB_GIT",
+    "Scaffold",
+    "adopt_manifest_command",
+    "ensure_project",
+    "has_project",
+    "lakefile_toml",
+    "prepare",
+    "scaffold",
+]
 
 #: Files whose presence makes a folder a Lake workspace.
 LAKEFILES = ("lakefile.toml", "lakefile.lean")
@@ -33,6 +52,8 @@ class Scaffold:
     workdir: Path
     written: tuple[str, ...]
     image: Image
+    #: True when the warm cache's ``lake-manifest.json`` was copied in (see :func:`prepare`).
+    warm: bool = False
 
     def describe(self) -> str:
         """One sentence for people: what was created and what it pins."""
@@ -42,10 +63,13 @@ class Scaffold:
         if self.image.mathlib_rev:
             pins.append(f"Mathlib {self.image.mathlib_rev}")
         pinned = f" ({', '.join(pins)})" if pins else ""
-        return (
+        text = (
             f"Created a Lean project in {self.workdir} for image {self.image.tag}{pinned}: "
             f"{', '.join(self.written)}."
         )
+        if self.warm:
+            text += " It uses the sandbox's warm Mathlib cache (its lake-manifest.json was copied in)."
+        return text
 
 
 def has_project(workdir: Path) -> bool:
@@ -102,3 +126,34 @@ def ensure_project(workdir: Path, image: Image) -> Scaffold | None:
     if has_project(workdir):
         return None
     return scaffold(workdir, image)
+
+
+_ADOPTED = "atp: adopted the warm lake-manifest.json"
+
+
+def adopt_manifest_command(baked_lake: str) -> str | None:
+    """A shell command copying the warm project's manifest into a workdir that has none."""
+    if not baked_lake:
+        return None
+    manifest = shlex.quote(posixpath.join(posixpath.dirname(baked_lake.rstrip("/")), "lake-manifest.json"))
+    return (
+        f"if [ ! -e lake-manifest.json ] && [ -f {manifest} ]; then "
+        f"cp {manifest} lake-manifest.json && echo {shlex.quote(_ADOPTED)}; fi"
+    )
+
+
+def prepare(workdir: Path, image: Image, kernel: Any) -> Scaffold | None:
+    """:func:`ensure_project`, then adopt the sandbox's warm manifest into a new scaffold.
+
+    ``kernel`` is the :class:`~atp_notebook.kernel.KernelSession` (anything
+    with ``ensure()`` returning the session and ``run(command)`` syncing in,
+    running and syncing out): the copy runs inside the sandbox, where the
+    warm project lives.
+    """
+    created = ensure_project(workdir, image)
+    if created is None:
+        return None
+    command = adopt_manifest_command(getattr(kernel.ensure(), "baked_lake", "") or image.baked_lake)
+    if command is None or _ADOPTED not in kernel.run(command, timeout_s=60).stdout:
+        return created
+    return replace(created, written=tuple(sorted((*created.written, "lake-manifest.json"))), warm=True)

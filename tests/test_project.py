@@ -55,3 +55,44 @@ def test_package_names_are_valid_lake_names(tmp_path):
     assert package_name(tmp_path / "my proofs-2") == "my_proofs_2"
     assert package_name(tmp_path / "2024") == "p_2024"
     assert package_name(tmp_path / "---") == "workdir"
+
+
+def test_prepare_adopts_the_warm_manifest_inside_the_session(tmp_path, monkeypatch):
+    from atp_notebook.images import DEFAULT_IMAGE
+    from atp_notebook.kernel import KernelSession
+    from atp_notebook.project import prepare
+
+    warm = tmp_path / "mathlib-cache"
+    (warm / ".lake" / "packages").mkdir(parents=True)
+    (warm / "lake-manifest.json").write_text('{"version": "1.1.0", "packages": []}\n')
+    monkeypatch.setenv("ATP_BAKED_LAKE", str(warm / ".lake"))
+    workdir = tmp_path / "work"
+    kernel = KernelSession("local", workdir=workdir, say=lambda text: None)
+    try:
+        created = prepare(workdir, DEFAULT_IMAGE, kernel)
+        assert created is not None and created.warm
+        assert "lake-manifest.json" in created.written and "warm Mathlib cache" in created.describe()
+        assert (workdir / "lake-manifest.json").read_text() == (warm / "lake-manifest.json").read_text()
+        assert prepare(workdir, DEFAULT_IMAGE, kernel) is None  # already a project: nothing happens
+    finally:
+        kernel.close()
+
+
+def test_prepare_without_a_warm_cache_only_scaffolds(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from atp_notebook.backends.local import LocalBackend, LocalConfig
+    from atp_notebook.images import DEFAULT_IMAGE
+    from atp_notebook.kernel import KernelSession
+    from atp_notebook.project import prepare
+
+    monkeypatch.delenv("ATP_BAKED_LAKE", raising=False)
+    image = replace(DEFAULT_IMAGE, baked_lake=str(tmp_path / "absent" / ".lake"))
+    kernel = KernelSession("local", workdir=tmp_path / "w", say=lambda text: None,
+                           backend_factory=lambda name, **c: LocalBackend(LocalConfig(image=image)))
+    try:
+        created = prepare(tmp_path / "w", image, kernel)
+    finally:
+        kernel.close()
+    assert created is not None and not created.warm
+    assert not (tmp_path / "w" / "lake-manifest.json").exists()
