@@ -54,15 +54,13 @@ from atp_notebook.backends.base import (
     AtpError,
     BackendConfig,
     BackendUnavailableError,
-    CommandHandle,
-    ComputeBackend,
     SandboxDiedError,
 )
 from atp_notebook.backends.docker_client import connect_docker
 from atp_notebook.backends.machinery import (
     Chunk,
     ManagedSession,
-    OneShotHandle,
+    SessionBackend,
     WATCHDOG,
     Transport,
     remote_command,
@@ -499,7 +497,7 @@ class DockerSession(ManagedSession):
 # -- the backend --------------------------------------------------------------------------------
 
 
-class DockerBackend(ComputeBackend):
+class DockerBackend(SessionBackend):
     """Run commands in a long-lived Docker container per session (docker-py, low-level API)."""
 
     config: DockerConfig
@@ -540,21 +538,6 @@ class DockerBackend(ComputeBackend):
             raise
         return session
 
-    def start(
-        self,
-        workdir: Path,
-        command: str,
-        *,
-        env: Mapping[str, str] | None = None,
-        mounts: Sequence[tuple[str, str]] | None = None,
-        timeout_s: int | None = None,
-    ) -> CommandHandle:
-        session = self.session(workdir, env=env, mounts=mounts, timeout_s=timeout_s)
-        try:
-            return OneShotHandle(session, session.exec(command))
-        except BaseException:
-            session.close()
-            raise
 
     # -- container creation ------------------------------------------------------------------
     def _create_container(

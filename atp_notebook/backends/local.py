@@ -17,12 +17,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from atp_notebook.backends.base import BackendConfig, CommandHandle, ComputeBackend
+from atp_notebook.backends.base import BackendConfig
 from atp_notebook.backends.machinery import (
     WATCHDOG,
     Chunk,
     ManagedSession,
-    OneShotHandle,
+    SessionBackend,
     Transport,
 )
 
@@ -132,7 +132,7 @@ class LocalSession(ManagedSession):
         """Nothing to release: the workdir stays where it is."""
 
 
-class LocalBackend(ComputeBackend):
+class LocalBackend(SessionBackend):
     """Run commands as local subprocesses, in the workdir itself (no isolation)."""
 
     config: LocalConfig
@@ -161,21 +161,6 @@ class LocalBackend(ComputeBackend):
         workdir.mkdir(parents=True, exist_ok=True)
         return LocalSession(self, workdir, env=env, timeout_s=timeout_s)
 
-    def start(
-        self,
-        workdir: Path,
-        command: str,
-        *,
-        env: Mapping[str, str] | None = None,
-        mounts: Sequence[tuple[str, str]] | None = None,
-        timeout_s: int | None = None,
-    ) -> CommandHandle:
-        session = self.session(workdir, env=env, mounts=mounts, timeout_s=timeout_s)
-        try:
-            return OneShotHandle(session, session.exec(command))
-        except BaseException:
-            session.close()
-            raise
 
 
 def _check_mounts(mounts: Sequence[tuple[str, str]] | None) -> None:

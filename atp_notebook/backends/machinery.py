@@ -25,7 +25,7 @@ import itertools
 import shlex
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from atp_notebook.backends.base import (
@@ -44,6 +44,7 @@ __all__ = [
     "LineCursor",
     "ManagedSession",
     "OneShotHandle",
+    "SessionBackend",
     "StreamingHandle",
     "Transport",
     "WATCHDOG",
@@ -366,6 +367,31 @@ class OneShotHandle(CommandHandle):
             self._inner.cancel()
         finally:
             self._session.close()
+
+
+class SessionBackend(ComputeBackend):
+    """A backend whose one-shot :meth:`start` is a session that closes itself.
+
+    The session syncs in when it opens; the returned :class:`OneShotHandle`
+    closes it (syncing out where files are copied) when the command ends or
+    is cancelled. Backends implement :meth:`session` only.
+    """
+
+    def start(
+        self,
+        workdir: Path,
+        command: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        mounts: Sequence[tuple[str, str]] | None = None,
+        timeout_s: int | None = None,
+    ) -> CommandHandle:
+        session = self.session(workdir, env=env, mounts=mounts, timeout_s=timeout_s)
+        try:
+            return OneShotHandle(session, session.exec(command))
+        except BaseException:
+            session.close()
+            raise
 
 
 class ManagedSession(ComputeSession):

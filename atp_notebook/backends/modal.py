@@ -68,14 +68,12 @@ from atp_notebook.backends.base import (
     TIMEOUT_EXIT_CODE,
     BackendConfig,
     BackendUnavailableError,
-    CommandHandle,
-    ComputeBackend,
     SandboxDiedError,
 )
 from atp_notebook.backends.machinery import (
     Chunk,
     ManagedSession,
-    OneShotHandle,
+    SessionBackend,
     StreamingHandle,
     Transport,
     remote_command,
@@ -691,7 +689,7 @@ def _quietly(fn: Callable[[], Any] | None) -> None:
         log.debug("modal: %s failed during teardown: %s", getattr(fn, "__name__", fn), exc)
 
 
-class ModalBackend(ComputeBackend):
+class ModalBackend(SessionBackend):
     """Run commands in a Modal Sandbox (a remote, isolated container); files are copied both ways."""
 
     config: ModalConfig
@@ -733,21 +731,6 @@ class ModalBackend(ComputeBackend):
             raise
         return session
 
-    def start(
-        self,
-        workdir: Path,
-        command: str,
-        *,
-        env: Mapping[str, str] | None = None,
-        mounts: Sequence[tuple[str, str]] | None = None,
-        timeout_s: int | None = None,
-    ) -> CommandHandle:
-        session = self.session(workdir, env=env, mounts=mounts, timeout_s=timeout_s)
-        try:
-            return OneShotHandle(session, session.exec(command))
-        except BaseException:
-            session.close()
-            raise
 
 
 def _check_mounts(mounts: Sequence[tuple[str, str]] | None) -> list[tuple[Path, str]]:
