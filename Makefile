@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 ## Open JupyterLab on the getting-started notebook.
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(NOTEBOOK)
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(NOTEBOOK)
 
 ## Run the whole test suite.
 test: $(STAMP) system-deps
