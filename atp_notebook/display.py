@@ -286,7 +286,8 @@ class LiveView:
         if self.phase == "running":
             spin = SPINNER[self._spin % len(SPINNER)]
             cmd = f" · {self.command}" if self.command else ""
-            return f"{spin} {self.title}{where}{cmd} · {self.elapsed_s:.1f} s · {self.total_lines} lines"
+            lines = f"{self.total_lines} line{'s' if self.total_lines != 1 else ''}"
+            return f"{spin} {self.title}{where}{cmd} · {self.elapsed_s:.1f} s · {lines}"
         mark = {"ok": "✓", "failed": "✗", "interrupted": "■"}.get(self.phase, "·")
         return f"{mark} {self.title}: {self.summary}{where} · {self.elapsed_s:.2f} s"
 
@@ -356,7 +357,8 @@ class LiveView:
                 parts.append(render_source_html(self.source, self.diagnostics))
             if self.lines:
                 if self.source is not None:
-                    parts.append(f"<details><summary>output ({self.total_lines} lines)</summary>{tail}</details>")
+                    lines = f"{self.total_lines} line{'s' if self.total_lines != 1 else ''}"
+                    parts.append(f"<details><summary>output ({lines})</summary>{tail}</details>")
                 else:
                     parts.append(tail)
             if self.stderr:

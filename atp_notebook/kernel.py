@@ -297,7 +297,8 @@ class KernelSession:
             report = session.sync_in() if way == "in" else session.sync_out()
         finally:
             self._phase = ""
-        text = f"{way}: {report}" if report not in (None, "") else f"{way}: ok"
+        said = str(report) if report not in (None, "") else "ok"
+        text = f"{way}: {said.removeprefix(f'sync {way}: ')}"  # a SyncReport names its direction already
         self.last_sync, self.last_sync_report = time.time(), text
         self._changed()
         conflicts = getattr(report, "conflict_messages", None)

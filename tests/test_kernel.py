@@ -217,3 +217,43 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_conflicts_found_by_an_automatic_sync_are_said(tmp_path):
+    """A copy-mode session (here: the local backend over a second folder through the
+    sync engine, real files and processes) reports a both-sides edit to the user."""
+    import subprocess
+
+    from atp_notebook.backends.local import LocalBackend
+    from atp_notebook.kernel import KernelSession
+    from atp_notebook.sync import RemoteTree, TwoWaySync
+
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+
+    def run(script, stdin):
+        p = subprocess.run(["sh", "-c", script], input=stdin or b"", capture_output=True)
+        return p.returncode, p.stdout, p.stderr
+
+    class CopyBackend(LocalBackend):
+        def session(self, workdir, **kw):
+            s = super().session(workdir, **kw)
+            engine = TwoWaySync(s.workdir, RemoteTree(run, str(sandbox)))
+            s.sync_in, s.sync_out = engine.sync_in, engine.sync_out
+            return s
+
+    notes = []
+    kernel = KernelSession("local", workdir=tmp_path / "host", say=notes.append,
+                           backend_factory=lambda name, **c: CopyBackend())
+    try:
+        kernel.ensure()
+        (tmp_path / "host" / "A.lean").write_text("one\n")
+        kernel.sync("both")
+        (sandbox / "A.lean").write_text("sandbox\n")
+        (tmp_path / "host" / "A.lean").write_text("host!!\n")
+        kernel.start("true").wait()
+        assert any("A.lean changed on both sides" in n and "A.lean.conflict-host" in n for n in notes), notes
+        assert (sandbox / "A.lean.conflict-host").read_text() == "host!!\n"
+        assert (sandbox / "A.lean").read_text() == "sandbox\n"
+    finally:
+        kernel.close()

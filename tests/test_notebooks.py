@@ -1,12 +1,21 @@
-"""Real Jupyter kernels: the tutorial runs headless, interrupts cancel, panel clicks arrive.
+"""Real Jupyter kernels: the notebooks run headless, interrupts cancel, panel clicks arrive.
 
 The kernel is this venv's Python with ipykernel (a kernelspec written to a
-temp ``JUPYTER_PATH``); the stand-in ``lean``/``lake`` are first on its PATH.
+temp ``JUPYTER_PATH``); the stand-in ``lean``/``lake`` are first on its PATH,
+then this venv's scripts (``!atp-notebook doctor``).
+
+The notebooks say ``%lean_sandbox use auto``. Here ``auto`` must mean
+``local`` (the stand-in): Docker comes first in ``auto``'s order, so a
+machine where the default image exists would pick it. The notebook runs pin
+``auto`` to ``local`` through the environment (``DOCKER_HOST`` names no
+engine, no Modal credentials) instead of changing the notebooks.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,11 +24,20 @@ import nbformat
 import pytest
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell
+
+from tests.conftest import in_ci
 
 REPO = Path(__file__).resolve().parents[1]
-TUTORIAL = REPO / "notebooks" / "01-getting-started.ipynb"
+NOTEBOOKS = REPO / "notebooks"
+TUTORIAL = NOTEBOOKS / "01-getting-started.ipynb"
+PROJECT = NOTEBOOKS / "02-iterating-on-a-project.ipynb"
+BACKENDS = NOTEBOOKS / "03-backends.ipynb"
+FIXTURES = REPO / "tests" / "standin" / "fixtures"
 KERNEL = "atp-notebook-test"
 MAGICS = "m = next(c for c in get_ipython().configurables if type(c).__name__ == 'LeanSandbox')"
+#: A Docker engine address where none listens: ``auto`` then cannot pick Docker.
+NO_DOCKER = "unix:///nonexistent/atp-notebook-tests/docker.sock"
 
 
 @pytest.fixture
@@ -38,14 +56,61 @@ def kernel_env(tmp_path, standin_env, monkeypatch):
     return KERNEL
 
 
-# -- the tutorial ---------------------------------------------------------------------------------
+@pytest.fixture
+def notebook_env(kernel_env, tmp_path, monkeypatch):
+    """``kernel_env``, with ``auto`` pinned to the local stand-in and the venv's scripts on PATH."""
+    monkeypatch.setenv("PATH", f"{os.environ['PATH']}{os.pathsep}{Path(sys.executable).parent}")
+    monkeypatch.setenv("DOCKER_HOST", NO_DOCKER)
+    for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
+    return kernel_env
 
 
-def test_the_committed_tutorial_carries_no_outputs():
-    nb = nbformat.read(TUTORIAL, as_version=4)
+def execute(path: Path, run: Path, kernel: str, *, after_parameters: str = "") -> nbformat.NotebookNode:
+    """Run a notebook top to bottom in ``run`` (its folder); returns it as saved and read back.
+
+    ``after_parameters``: code inserted after the cell tagged ``parameters``
+    (papermill's convention), to run the notebook with other parameters.
+    """
+    nb = nbformat.read(path, as_version=4)
+    if after_parameters:
+        [at] = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+        nb.cells.insert(at + 1, new_code_cell(after_parameters))
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        NotebookClient(nb, timeout=120, kernel_name=kernel, resources={"metadata": {"path": str(run)}}).execute()
+    finally:
+        nbformat.write(nb, run / "executed.ipynb")  # saved, and read back as a user would
+    saved = nbformat.read(run / "executed.ipynb", as_version=4)
+    errors = [(c.source, o.ename, o.evalue) for c in saved.cells if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    return saved
+
+
+def _cell(nb, text: str):
+    """The one code cell whose source contains ``text``."""
+    [cell] = [c for c in nb.cells if c.cell_type == "code" and text in c.source]
+    return cell
+
+
+# -- the notebooks as committed -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_the_committed_notebooks_carry_no_outputs(path):
+    nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
+
+
+def test_the_notebooks_are_all_tested():
+    assert sorted(NOTEBOOKS.glob("*.ipynb")) == [TUTORIAL, PROJECT, BACKENDS]
+
+
+# -- 1: the tutorial ---------------------------------------------------------------------------------
 
 
 def _texts(cell) -> str:
@@ -58,15 +123,11 @@ def _texts(cell) -> str:
     return "\n".join(parts)
 
 
-def test_the_tutorial_runs_headless_and_shows_the_error_then_the_fix(tmp_path, kernel_env):
-    nb = nbformat.read(TUTORIAL, as_version=4)
+def test_the_tutorial_runs_headless_and_shows_the_error_then_the_fix(tmp_path, notebook_env):
     run = tmp_path / "run"
-    run.mkdir()
-    NotebookClient(nb, timeout=120, kernel_name=kernel_env, resources={"metadata": {"path": str(run)}}).execute()
-    nbformat.write(nb, run / "executed.ipynb")  # saved, and read back as a user would
-    saved = nbformat.read(run / "executed.ipynb", as_version=4)
+    saved = execute(TUTORIAL, run, notebook_env)
     cells = {c.source.splitlines()[0]: c for c in saved.cells if c.cell_type == "code"}
-    assert not [o for c in cells.values() for o in c.outputs if o.output_type == "error"]
+    assert "Using the local backend (auto picked local)" in _texts(cells["%lean_sandbox use auto"])
 
     first = cells["%%lean_sandbox"]
     assert "✓ Scratch.lean: no messages" in _texts(first)
@@ -85,14 +146,156 @@ def test_the_tutorial_runs_headless_and_shows_the_error_then_the_fix(tmp_path, k
     )
     assert "✓ Scratch.lean: no messages" in _texts(cells["%%lean_sandbox --out fixed"])
     assert _texts(cells["fixed.ok, fixed.diagnostics"]) == "(True, [])"
+    examples = _texts(cells["%%lean_sandbox Examples.lean"])
+    assert "✓ Examples.lean: 2 info messages" in examples
+    assert "Examples.lean:1:0: info: 4\nExamples.lean:2:0: info: Nat.succ (n : Nat) : Nat" in examples
     status = cells["%lean_sandbox status"]
     assert "application/vnd.jupyter.widget-view+json" in status.outputs[0].data
     assert "state      idle" in _texts(status)
     assert "Scratch.lean" in _texts(cells["%lean_sandbox run ls"])
     assert "Closed the local session" in _texts(cells["%lean_sandbox close"])
-    assert (run / "lean_workdir" / "Scratch.lean").read_text() == (
-        REPO / "tests" / "standin" / "fixtures" / "tutorial_fixed.lean"
-    ).read_text()
+    assert (run / "lean_workdir" / "Scratch.lean").read_text() == (FIXTURES / "tutorial_fixed.lean").read_text()
+    assert (run / "lean_workdir" / "Examples.lean").read_text() == (FIXTURES / "eval_info.lean").read_text()
+
+
+# -- 2: a project, edits both ways, a conflict ---------------------------------------------------------
+
+
+def test_the_project_notebook_imports_syncs_and_resolves_a_conflict(tmp_path, notebook_env):
+    run = tmp_path / "run"
+    nb = execute(PROJECT, run, notebook_env)
+    project = run / "lean_project"
+    assert "Using the local backend (auto picked local)" in _texts(_cell(nb, "%lean_sandbox use auto"))
+    # two modules, written by cells, known to the stand-in by their content
+    assert (project / "Project" / "Basic.lean").read_text() == (FIXTURES / "project_basic.lean").read_text()
+    assert (project / "Project.lean").read_text() == (FIXTURES / "project_main.lean").read_text()
+    assert "✓ Project/Basic.lean: no messages" in _texts(_cell(nb, "%%lean_sandbox Project/Basic.lean"))
+    # the sandbox's edit of the lakefile, read on the host
+    lakefile = (project / "lakefile.toml").read_text()
+    assert lakefile.endswith('\n[[lean_lib]]\nname = "Project"\n') and lakefile.count("[[lean_lib]]") == 1
+    assert '[[lean_lib]]\nname = "Project"' in _texts(_cell(nb, 'print(open("lean_project/lakefile.toml")'))
+    assert "Built Project.Basic" in _texts(_cell(nb, "%lean_sandbox run lake build Project.Basic"))
+    main = _texts(_cell(nb, "%%lean_sandbox Project.lean --out main"))
+    assert "✓ Project.lean: 1 info message" in main and "Project.lean:5:0: info: 42" in main
+    assert _texts(_cell(nb, "main.ok, [")) == "(True, [(5, 'information', '42')])"
+    # the host's file, read in the sandbox
+    assert "`double n = n + n`, proved in `Project/Basic.lean`." in _texts(_cell(nb, "%lean_sandbox run cat README.md"))
+    assert "Synced in: ok; out: ok." in _texts(_cell(nb, "%lean_sandbox sync"))
+    # the conflict, through the real sync engine over a second folder
+    assert re.match(r"sync in: 2 copied \(", _texts(_cell(nb, "files = TwoWaySync(")))
+    assert re.fullmatch(
+        r"sync out: 1 conflict \([^)]*\); Project/Basic\.lean changed on both sides: kept the host's version, "
+        r"the sandbox's is in Project/Basic\.lean\.conflict-sandbox\n",
+        _texts(_cell(nb, "report = files.sync_out()")),
+    )
+    listing = _texts(_cell(nb, "import difflib"))
+    assert "['Project.lean', 'Project/Basic.lean', 'Project/Basic.lean.conflict-sandbox']" in listing
+    assert "-/-- Two times a number. -/\n+/-- Twice a number. -/" in listing
+    assert "+theorem double_zero : double 0 = 0 := rfl" in listing
+    resolved = _texts(_cell(nb, "conflict.unlink()"))
+    assert re.match(r"sync in: 1 copied \(", resolved) and "sandbox == host: True" in resolved
+    demo = run / "sync_demo"
+    merged = (demo / "host" / "Project" / "Basic.lean").read_text()
+    assert merged == (demo / "sandbox" / "Project" / "Basic.lean").read_text()
+    assert "/-- Two times a number. -/" in merged and "theorem double_zero" in merged
+    assert not list(demo.rglob("*.conflict-*"))
+    assert "Closed the local session" in _texts(_cell(nb, "%lean_sandbox close"))
+
+
+# -- 3: the backends ----------------------------------------------------------------------------------
+
+
+def _doctor_lines(text: str) -> dict[str, str]:
+    """``{backend: "ok " or "no "}`` from the doctor's output."""
+    return {name: mark for mark, name in re.findall(r"^\[(ok |no )\] (local|docker|modal) ", text, re.M)}
+
+
+def test_the_backends_notebook_runs_what_can_run_and_says_why_the_rest_was_skipped(tmp_path, notebook_env):
+    run = tmp_path / "run"
+    nb = execute(BACKENDS, run, notebook_env)
+    doctor = _texts(_cell(nb, "!atp-notebook doctor"))
+    assert _doctor_lines(doctor) == {"local": "ok ", "docker": "no ", "modal": "no "}, doctor
+    assert "usable here: local" in doctor
+    assert _texts(_cell(nb, "DOCKER_OK = docker_check.ok")) == (
+        "Docker cells: skipped (no Docker daemon answered)\nModal cells:  skipped (no Modal credentials)\n"
+    )
+    assert "LeanSandbox.backend=<Enum>" in _texts(_cell(nb, "%config LeanSandbox"))
+    fields = _texts(_cell(nb, "for field in dataclasses.fields(config_class)"))
+    assert re.search(r"^DockerConfig\n(  .*\n)*  network +'none'\n(  .*\n)*  sync +'bind'\n", fields, re.M)
+    assert re.search(r"^ModalConfig\n(  .*\n)*  block_network +True\n", fields, re.M)
+    assert "Using the local backend (auto picked local)" in _texts(_cell(nb, "%lean_sandbox use auto --workdir"))
+    assert "✓ Scratch.lean: no messages · local" in _texts(_cell(nb, "theorem reverse_twice"))
+    local = _texts(_cell(nb, "measure(LocalBackend()"))
+    assert re.match(r"local: open \d+\.\d\d s, command \d+\.\d ms \(median\), close \d+\.\d\d s\n", local)
+    assert "lean            Lean (version 4.26.0" in local
+    for text in ("DockerBackend(DockerConfig(image=IMAGE))", "DockerConfig(image=IMAGE, sync=\"copy\")"):
+        assert _texts(_cell(nb, text)).startswith("skipped: Docker cannot run here: no Docker daemon answered\n  -> ")
+    assert _texts(_cell(nb, "if MODAL_OK:")).startswith("skipped: Modal cannot run here: no Modal credentials\n")
+
+
+@pytest.fixture
+def docker_test_image():
+    """The Docker test image's tag (built if missing); fails under CI when Docker cannot run it."""
+    from atp_notebook.backends.base import BackendUnavailableError
+    from atp_notebook.backends.docker_client import connect_docker
+    from tests.docker_image import ImageUnavailable, ensure_test_image
+
+    def unavailable(reason: str) -> None:
+        if in_ci():
+            pytest.fail(f"{reason} -- under CI=true the Docker tests must run, not skip")
+        pytest.skip(reason)
+
+    try:
+        client = connect_docker(timeout=60)
+    except BackendUnavailableError as exc:
+        unavailable(str(exc))
+    try:
+        yield client, ensure_test_image(client)
+    except ImageUnavailable as exc:
+        unavailable(f"cannot build the Docker test image: {exc}")
+    finally:
+        client.close()
+
+
+def test_the_backends_notebook_runs_its_docker_cells_on_a_docker_image(tmp_path, kernel_env, monkeypatch,
+                                                                       docker_test_image):
+    from atp_notebook.backends.docker import LABEL_WORKDIR
+    from tests.docker_image import WORKDIR
+
+    client, tag = docker_test_image
+    monkeypatch.setenv("PATH", f"{os.environ['PATH']}{os.pathsep}{Path(sys.executable).parent}")
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
+    for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    run = tmp_path / "run"
+    nb = execute(BACKENDS, run, kernel_env, after_parameters=(
+        f"IMAGE = Image(tag={tag!r}, toolchain=DEFAULT_IMAGE.toolchain, "
+        f"mathlib_rev=DEFAULT_IMAGE.mathlib_rev, workdir={WORKDIR!r})"
+    ))
+    doctor = _texts(_cell(nb, "!atp-notebook doctor"))
+    assert _doctor_lines(doctor) == {"local": "ok ", "docker": "ok ", "modal": "no "}, doctor
+    assert _texts(_cell(nb, "DOCKER_OK = docker_check.ok")).startswith("Docker cells: run\n")
+    # the magics, on Docker in copy mode through the factory
+    assert f"Using the docker backend (auto picked docker): image {tag}" in _texts(
+        _cell(nb, "%lean_sandbox use auto --workdir"))
+    assert "✓ Scratch.lean: no messages · docker" in _texts(_cell(nb, "theorem reverse_twice"))
+    assert re.fullmatch(r"Synced in: up to date \([^)]*\); out: up to date \([^)]*\)\.\n",
+                        _texts(_cell(nb, "%lean_sandbox sync")))
+    # what a command sees in a container
+    bind = _texts(_cell(nb, "DockerBackend(DockerConfig(image=IMAGE))"))
+    assert re.match(r"docker: open \d+\.\d\d s, command \d+\.\d ms \(median\)", bind)
+    for line in (f"user            {os.getuid()}:{os.getgid()}\n", "interfaces      lo \n", "CapEff: 0000000000000000\n", "NoNewPrivs: 1\n",
+                 "lean            Lean (version 4.26.0"):
+        assert line in bind, bind
+    copy = _texts(_cell(nb, 'DockerConfig(image=IMAGE, sync="copy")'))
+    assert re.search(r"^sync in, nothing changed +\d+\.\d\d s   sync in: up to date", copy, re.M), copy
+    assert re.search(r"^sync in, one file changed +\d+\.\d\d s   sync in: 1 copied", copy, re.M), copy
+    assert re.search(r"^sync out, one file made +\d+\.\d\d s   sync out: 1 copied", copy, re.M), copy
+    assert "on the host: made in the sandbox" in copy
+    # every container the notebook started is gone
+    left = [c for c in client.api.containers(all=True, filters={"label": LABEL_WORKDIR})
+            if c["Labels"].get(LABEL_WORKDIR, "").startswith(str(run))]
+    assert not left
 
 
 # -- a live kernel ---------------------------------------------------------------------------------
