@@ -94,6 +94,7 @@ class KernelSession:
         *,
         workdir: str | Path = DEFAULT_WORKDIR,
         image: str = "",
+        options: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         say: Callable[[str], None] = print,
         backend_factory: Callable[..., ComputeBackend] = get_backend,
@@ -101,6 +102,7 @@ class KernelSession:
         self.backend_name = backend
         self._workdir = str(workdir)
         self.image_tag = image
+        self.options = dict(options or {})
         self.env = dict(env or {})
         self.say = say
         self.backend_factory = backend_factory
@@ -140,8 +142,9 @@ class KernelSession:
         backend: str | None = None,
         workdir: str | Path | None = None,
         image: str | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Change backend, workdir or image; an open session on the old ones is closed.
+        """Change backend, workdir, image or backend options; an open session on the old ones is closed.
 
         Returns True when a session was closed (the next use opens the new one).
         """
@@ -149,6 +152,7 @@ class KernelSession:
             (backend is not None and backend != self.backend_name)
             or (workdir is not None and str(workdir) != self._workdir)
             or (image is not None and image != self.image_tag)
+            or (options is not None and dict(options) != self.options)
         )
         if backend is not None:
             self.backend_name = backend
@@ -156,6 +160,8 @@ class KernelSession:
             self._workdir = str(workdir)
         if image is not None:
             self.image_tag = image
+        if options is not None:
+            self.options = dict(options)
         if not changed:
             return False
         was_open = self.session is not None
@@ -184,7 +190,7 @@ class KernelSession:
             self._changed()
             try:
                 if self.backend is None:
-                    config: dict[str, Any] = {}
+                    config: dict[str, Any] = dict(self.options)
                     if self.image_tag:
                         config["image"] = self.image_tag
                     self.backend = self.backend_factory(self.backend_name, **config)

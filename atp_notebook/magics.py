@@ -21,6 +21,7 @@ a one-line ``LeanCheckInterrupted``.
 
 from __future__ import annotations
 
+import ast
 import contextvars
 import keyword
 import threading
@@ -29,7 +30,7 @@ from typing import Any
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Enum, Float, Int, Unicode, observe
+from traitlets import Dict, Enum, Float, Int, Unicode, observe
 
 from atp_notebook.backends import BACKEND_NAMES
 from atp_notebook.backends.base import AtpError, CommandHandle, CommandResult
@@ -56,7 +57,7 @@ __all__ = ["BackgroundRun", "LeanSandbox", "load", "unload"]
 
 ACTIONS = ("use", "status", "sync", "restart", "close", "run")
 LINE_USAGE = """\
-%lean_sandbox use {auto,local,docker,modal} [--workdir DIR] [--image TAG] [--timeout S]
+%lean_sandbox use {auto,local,docker,modal} [--workdir DIR] [--image TAG] [--timeout S] [--option KEY=VALUE]...
 %lean_sandbox status | sync [in|out] | restart | close
 %lean_sandbox run [--bg] [--timeout S] [--out NAME] [--no-raise] CMD..."""
 CELL_USAGE = "%%lean_sandbox [FILE.lean] [--timeout S] [--out NAME] [--no-raise]"
@@ -161,18 +162,23 @@ class LeanSandbox(Magics):
     view = Enum(("auto", "rich", "plain"), default_value="auto", help="How runs are shown").tag(config=True)
     tail_lines = Int(200, help="Output lines the live view keeps").tag(config=True)
     update_interval = Float(0.1, help="Shortest time (s) between two live-view updates").tag(config=True)
+    backend_options = Dict(
+        {}, help="Fields of the backend's config, e.g. {'sync': 'copy', 'memory': '8g'} for docker"
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.kernel = KernelSession(self.backend, workdir=self.workdir, image=self.image, say=self._say)
+        self.kernel = KernelSession(self.backend, workdir=self.workdir, image=self.image,
+                                    options=self.backend_options, say=self._say)
         self.background: list[BackgroundRun] = []
         self.last_view: LiveView | None = None  # the view of the latest run (for inspection)
 
-    @observe("backend", "image", "workdir")
+    @observe("backend", "image", "workdir", "backend_options")
     def _reconfigure(self, change: Any) -> None:
         kernel = getattr(self, "kernel", None)
         if kernel is not None:
-            kernel.configure(backend=self.backend, workdir=self.workdir, image=self.image)
+            kernel.configure(backend=self.backend, workdir=self.workdir, image=self.image,
+                             options=self.backend_options)
 
     # -- helpers ----------------------------------------------------------------------------
     @staticmethod
@@ -194,7 +200,7 @@ class LeanSandbox(Magics):
     def _open(self) -> None:
         try:
             self.kernel.ensure()
-        except (AtpError, ValueError, ImportError) as exc:  # no backend here, unknown name, SDK missing
+        except (AtpError, ValueError, TypeError, ImportError) as exc:  # no backend, bad name/option, no SDK
             raise LeanSandboxError(str(exc)) from exc
 
     def _backend_label(self) -> str:
@@ -341,10 +347,14 @@ class LeanSandbox(Magics):
         parser.add_argument("--workdir", metavar="DIR")
         parser.add_argument("--image", metavar="TAG")
         parser.add_argument("--timeout", type=float, metavar="S")
+        parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                            help="a field of the backend's config, e.g. sync=copy (repeatable)")
         args = self._parse(parser, rest)
         _check_timeout(args.timeout, LINE_USAGE)
+        options = _parse_options(args.option)
         with self.hold_trait_notifications():
             self.backend = args.backend
+            self.backend_options = options
             if args.workdir is not None:
                 self.workdir = args.workdir
             if args.image is not None:
@@ -502,6 +512,24 @@ def _split_run(rest: str) -> tuple[_RunOptions, str]:
             raise _usage(f"Unknown option {word!r} for `run` (valid: --bg, --timeout S, --out NAME, "
                          "--no-raise; put `--` before a command that starts with a dash).", LINE_USAGE)
         return opts, text
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["sync=copy", "memory=8g", "cpus=2"]`` -> ``{"sync": "copy", "memory": "8g", "cpus": 2}``.
+
+    Values that read as Python literals (numbers, True, tuples) become those;
+    anything else stays a string.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise _usage(f"--option takes KEY=VALUE (e.g. sync=copy), not {pair!r}", LINE_USAGE)
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
 
 
 def _project_hint(backend: str) -> str:

@@ -74,7 +74,7 @@ def ip(tmp_path, standin_env, monkeypatch):
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "atp_notebook")
     # whatever the backend asked for, run locally (with a short kill grace)
-    magics_of(shell).kernel.backend_factory = lambda name, **config: get_backend("local", kill_grace_s=1.0, **config)
+    magics_of(shell).kernel.backend_factory = lambda name, **config: get_backend("local", **{"kill_grace_s": 1.0, **config})
     yield shell
     shell.run_line_magic("unload_ext", "atp_notebook")
     shell.config.pop("LeanSandbox", None)
@@ -641,3 +641,25 @@ def test_cells_on_docker_with_copy_sync(ip, docker_backend_factory):
     assert ip.run_cell(cell("tutorial_fixed", "Proofs/Reverse.lean --out res")).success
     assert ip.user_ns["res"].ok
     ip.run_line_magic("lean_sandbox", "close")
+
+
+def test_use_with_backend_options(ip):
+    from IPython.core.error import UsageError
+
+    ip.run_line_magic("lean_sandbox", "use local --option kill_grace_s=0.5 --option timeout_s=77")
+    config = magics_of(ip).kernel.backend.config
+    assert (config.kill_grace_s, config.timeout_s) == (0.5, 77)
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        ip.run_line_magic("lean_sandbox", "use local --option nonsense")
+    with pytest.raises(LeanSandboxError, match="valid: .*kill_grace_s"):
+        ip.run_line_magic("lean_sandbox", "use local --option grace=1")
+
+
+def test_config_backend_options_reopen_the_session(ip, capsys):
+    ip.run_line_magic("lean_sandbox", "use local")
+    first = magics_of(ip).kernel.session
+    ip.run_line_magic("config", "LeanSandbox.backend_options = {'kill_grace_s': 0.25}")
+    assert "Closed the local session" in capsys.readouterr().out
+    ip.run_cell(cell("ok_add"))
+    kernel = magics_of(ip).kernel
+    assert kernel.session is not first and kernel.backend.config.kill_grace_s == 0.25

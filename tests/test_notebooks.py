@@ -275,8 +275,8 @@ def test_the_backends_notebook_runs_its_docker_cells_on_a_docker_image(tmp_path,
     doctor = _texts(_cell(nb, "!atp-notebook doctor"))
     assert _doctor_lines(doctor) == {"local": "ok ", "docker": "ok ", "modal": "no "}, doctor
     assert _texts(_cell(nb, "DOCKER_OK = docker_check.ok")).startswith("Docker cells: run\n")
-    # the magics, on Docker in copy mode through the factory
-    assert f"Using the docker backend (auto picked docker): image {tag}" in _texts(
+    # the magics, on Docker in copy mode through --option
+    assert f"Using the docker backend: image {tag}" in _texts(
         _cell(nb, "%lean_sandbox use auto --workdir"))
     assert "✓ Scratch.lean: no messages · docker" in _texts(_cell(nb, "theorem reverse_twice"))
     assert re.fullmatch(r"Synced in: up to date \([^)]*\); out: up to date \([^)]*\)\.\n",
