@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 import pytest
 
 from atp_notebook.backends.base import AtpError, BackendUnavailableError, SandboxDiedError
-from tests.contract import ContractTests
+from tests.contract import ContractTests, proc_state
 from tests.docker_image import BAKED_LAKE, STANDIN, WORKDIR, ImageUnavailable, ensure_test_image
 
 
@@ -280,6 +280,33 @@ def test_close_twice_removes_the_container_once(docker_backend, docker_client, t
     session.close()
     assert not container_exists(docker_client, session.container_id)
     assert "closed" in repr(session)
+
+
+# -- killing --------------------------------------------------------------------------------------------
+
+#: A command whose tree a process-group kill would not reach: a grandchild in a
+#: session of its own (setsid), orphaned by its subshell.
+ESCAPING_TREE = "(setsid sleep 30 & echo $! > orphan.pid); sleep 30 & echo $! > child.pid; echo up; wait"
+
+
+def test_cancel_kills_descendants_that_left_the_process_group(docker_backend, tmp_path, sync_mode):
+    # copy mode runs as a non-root user: the kill exec must still see (and kill) its processes
+    config = {"user": "4321:4321"} if sync_mode == "copy" else {}
+    with docker_backend(sync=sync_mode, **config).session(tmp_path) as session:
+        handle = session.exec(ESCAPING_TREE)
+        assert next(handle.stream()) == "up"
+        handle.cancel()
+        assert handle.wait().exit_code == 130
+        time.sleep(0.3)
+        assert proc_state(session, "orphan.pid") == "dead"
+        assert proc_state(session, "child.pid") == "dead"
+        # the kill spared the container's init and idle process, and the other commands
+        other = session.exec("echo $ATP_EXEC_TOKEN; sleep 30")
+        token = next(other.stream())
+        assert len(token) == 32  # every command carries its own tag
+        assert session.exec("echo $ATP_EXEC_TOKEN").wait().stdout.strip() not in {"", token}
+        other.cancel()
+        assert other.wait().exit_code == 130
 
 
 # -- death ----------------------------------------------------------------------------------------------

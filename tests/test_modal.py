@@ -323,6 +323,17 @@ def test_modal_exec_timeout_reports_124(make_backend, tmp_path, monkeypatch):
         assert proc_state(session, "child.pid") == "dead"  # and the tree was killed too
 
 
+def test_cancel_kills_descendants_that_left_the_process_group(make_backend, tmp_path):
+    with make_backend().session(tmp_path) as session:
+        handle = session.exec("(setsid sleep 30 & echo $! > orphan.pid); sleep 30 & echo $! > child.pid; echo up; wait")
+        assert next(handle.stream()) == "up"
+        handle.cancel()
+        assert handle.wait().exit_code == 130
+        time.sleep(0.3)
+        assert proc_state(session, "orphan.pid") == "dead"
+        assert proc_state(session, "child.pid") == "dead"
+
+
 def test_signal_death_reports_128_plus_signal(make_backend, tmp_path):
     with make_backend().session(tmp_path) as session:
         assert session.exec("kill -KILL $$").wait().exit_code == 137

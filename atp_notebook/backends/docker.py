@@ -13,10 +13,12 @@ low-level API (``client.api``): ``create_container``/``start``,
   (only what changed), as they must with a remote engine or Docker Desktop;
   its ``run(script, stdin)`` is :meth:`DockerSession.run_script` (stdin down
   the exec's socket, raw multiplexed frames back).
-* **Killing.** Docker cannot kill an exec. Each command runs under
-  :func:`~atp_notebook.backends.machinery.remote_command`, and a cancel or
-  timeout runs :func:`~atp_notebook.backends.machinery.remote_kill_script` in
-  a second exec, on a thread (the caller never waits for the grace period).
+* **Killing.** Docker cannot kill an exec. Each command's exec carries a
+  unique tag in its environment (:func:`~atp_notebook.backends.machinery.tagged_env`),
+  which all its descendants inherit; a cancel or timeout runs
+  :func:`~atp_notebook.backends.machinery.remote_kill_script` in a second
+  exec, on a thread (the caller never waits for the grace period), and it
+  kills every tagged process.
   Host PIDs from ``exec_inspect`` are never used. A command still running
   a few seconds after its grace period takes the container down with it.
 * **Safety.** No network unless configured, every capability dropped,
@@ -63,8 +65,8 @@ from atp_notebook.backends.machinery import (
     SessionBackend,
     WATCHDOG,
     Transport,
-    remote_command,
     remote_kill_script,
+    tagged_env,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -168,7 +170,7 @@ class DockerExec(Transport):
         self._code: int | None = None
         self._kill_sent = False
         self._lock = threading.Lock()
-        self._exec_id = session.exec_create(remote_command(command, self._token), env=env)
+        self._exec_id = session.exec_create(command, env=tagged_env(env, self._token))
         self._stream = session.call(session.api.exec_start, self._exec_id, stream=True, demux=True)
 
     def sources(self) -> list[Iterable[Chunk]]:
@@ -204,7 +206,7 @@ class DockerExec(Transport):
         return self._code
 
     def kill(self) -> None:
-        """Kill the command's process group from a second exec, on a thread."""
+        """Kill the command's tagged processes from a second exec, on a thread."""
         with self._lock:
             if self._kill_sent or self._code is not None:
                 return

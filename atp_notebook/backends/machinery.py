@@ -11,9 +11,10 @@ command's whole process tree. Everything else lives here once:
 * :class:`ManagedSession` keeps the session bookkeeping: env precedence,
   default timeouts, the set of running commands, idempotent close, and the
   "closed" / "sandbox died" errors.
-* :func:`remote_command` / :func:`remote_kill_script` give sandboxes that have
-  no "kill this exec" API (Docker, Modal) a way to kill a command's process
-  group from a second exec.
+* :func:`tagged_env` / :func:`remote_kill_script` give sandboxes that have no
+  "kill this exec" API (Docker, Modal) a way to kill a command's whole process
+  tree from a second exec: the command's environment carries a unique tag,
+  and the kill finds every process holding it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from atp_notebook.backends.base import (
 
 __all__ = [
     "Chunk",
+    "EXEC_TOKEN_VAR",
     "LineCursor",
     "ManagedSession",
     "OneShotHandle",
@@ -48,8 +50,8 @@ __all__ = [
     "StreamingHandle",
     "Transport",
     "WATCHDOG",
-    "remote_command",
     "remote_kill_script",
+    "tagged_env",
 ]
 
 #: ``(fd, data)``: ``fd`` is 1 for stdout, 2 for stderr.
@@ -499,38 +501,51 @@ class ManagedSession(ComputeSession):
 
 # -- killing a process tree from a second exec ------------------------------------
 #
-# Docker and Modal cannot kill an exec'd process. So the command runs in a new
-# session (setsid) whose process-group id it writes to a pid file; a second
-# exec then kills the whole group. The outer shell stays outside the group,
-# waits for it and reports its exit code. Stdin travels through fd 3: an
-# asynchronous list would otherwise read /dev/null.
+# Docker and Modal cannot kill an exec'd process. So each command is TAGGED: its
+# exec gets a unique ``ATP_EXEC_TOKEN=<token>`` in its environment, which every
+# descendant inherits (also those that call setsid or double-fork, which a
+# process group would miss). A second exec, whose own environment lacks the
+# tag, finds the tagged processes through /proc/<pid>/environ and kills them.
+# The command itself runs unwrapped: no extra shell, no pid file, no setsid.
+#
+# Limits: /proc/<pid>/environ is the environment a program was started with,
+# so a descendant that execs with a cleared or rewritten environment (`env -i`),
+# or overwrites its environment block in place (setproctitle), escapes the
+# sweep; so do processes of another uid (unreadable; ours all run as the exec's
+# user). Zombies show an empty environment: they never keep the sweep waiting.
 
-_PID_DIR = "/tmp/.atp-pids"
+#: The environment variable that tags every process of one command.
+EXEC_TOKEN_VAR = "ATP_EXEC_TOKEN"
 
 
-def remote_command(command: str, token: str) -> str:
-    """Wrap ``command`` so :func:`remote_kill_script` with the same token can kill its tree."""
-    pidfile = shlex.quote(f"{_PID_DIR}/{token}")
-    # `eval` and `[ -d ]` rather than a second `sh -c` and an unconditional
-    # mkdir: two fewer processes per command (each costs ~1 ms in a container)
-    inner = f"echo $$ > {pidfile}; eval {shlex.quote(command)}"
-    return (
-        f"[ -d {_PID_DIR} ] || mkdir -p {_PID_DIR} 2>/dev/null; exec 3<&0; "
-        f"setsid /bin/sh -c {shlex.quote(inner)} <&3 3<&- & "
-        f"pid=$!; wait $pid; code=$?; rm -f {pidfile}; exit $code"
-    )
+def tagged_env(env: Mapping[str, str], token: str) -> dict[str, str]:
+    """``env`` plus the tag :func:`remote_kill_script` with the same ``token`` looks for."""
+    return {**env, EXEC_TOKEN_VAR: token}
 
 
 def remote_kill_script(token: str, grace_s: float = 2.0) -> str:
-    """A script killing the group :func:`remote_command` recorded: TERM, then KILL after grace."""
-    pidfile = shlex.quote(f"{_PID_DIR}/{token}")
+    """A POSIX sh script killing every process tagged with ``token``: TERM, then KILL after grace.
+
+    It lists the processes whose environment holds the exact entry
+    ``ATP_EXEC_TOKEN=<token>`` (one ``grep -lsxzF`` over ``/proc/[0-9]*/environ``,
+    NUL-separated entries: busybox and GNU grep alike), sends TERM to each
+    (once; newcomers forked meanwhile get theirs on the next scan), re-scans
+    every 0.1 s while any lives, for at most ``grace_s`` seconds, then sends
+    KILL until none is left. It never matches itself (its environment is not
+    tagged) nor the sandbox's init (pid 1).
+    """
     steps = max(1, int(grace_s * 10))
+    entry = shlex.quote(f"{EXEC_TOKEN_VAR}={token}")
     return (
-        # the command may not have written its pid file yet: give it a second
-        f"i=0; while [ ! -s {pidfile} ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done; "
-        # `read`, not $(cat): a builtin still works when the pids limit allows no fork
-        f"[ -s {pidfile} ] || exit 0; read -r pg < {pidfile}; "
-        f'kill -TERM -"$pg" 2>/dev/null; '
-        f'i=0; while kill -0 -"$pg" 2>/dev/null && [ $i -lt {steps} ]; do sleep 0.1; i=$((i+1)); done; '
-        f'kill -KILL -"$pg" 2>/dev/null; rm -f {pidfile}; exit 0'
+        f"t={entry}; "
+        # the glob is expanded before grep starts: grep never lists itself
+        "scan() { pids=; for f in $(grep -lsxzF \"$t\" /proc/[0-9]*/environ 2>/dev/null); do "
+        'p=${f#/proc/}; p=${p%/environ}; [ "$p" = $$ ] || [ "$p" = 1 ] || pids="$pids $p"; done; }; '
+        "termed=' '; "
+        "term() { new=; for p in $pids; do case $termed in *\" $p \"*) ;; *) new=\"$new $p\"; "
+        'termed="$termed$p ";; esac; done; [ -z "$new" ] || kill -TERM $new 2>/dev/null; }; '
+        'scan; [ -n "$pids" ] || exit 0; term; '
+        f'i=0; while [ $i -lt {steps} ]; do sleep 0.1; scan; [ -n "$pids" ] || exit 0; term; i=$((i+1)); done; '
+        'i=0; while [ -n "$pids" ] && [ $i -lt 50 ]; do kill -KILL $pids 2>/dev/null; sleep 0.05; scan; i=$((i+1)); done; '
+        "exit 0"
     )

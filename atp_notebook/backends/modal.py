@@ -15,11 +15,13 @@ Commands
     allows, decode UTF-8 strictly: one stray byte from a command would end the
     stream with an error. Chunks reach the handle as soon as the SDK gets them,
     so lines stream just as early.) Modal cannot kill an exec'd process, so the
-    command runs under :func:`~atp_notebook.backends.machinery.remote_command`
-    and a cancel or timeout kills its process group from a second exec
-    (:func:`~atp_notebook.backends.machinery.remote_kill_script`). Modal's own
-    exec ``timeout`` is set a minute past ours as a backstop; an exec Modal
-    timed out reports ``-1``, mapped to ``124``.
+    exec's environment carries a unique tag
+    (:func:`~atp_notebook.backends.machinery.tagged_env`) that all its
+    descendants inherit, and a cancel or timeout kills every tagged process
+    from a second exec
+    (:func:`~atp_notebook.backends.machinery.remote_kill_script`). Modal's
+    own exec ``timeout`` is set a minute past ours as a backstop; an exec
+    Modal timed out reports ``-1``, mapped to ``124``.
 
 Files
     Always copied, through :mod:`atp_notebook.sync`: each direction scans both
@@ -76,8 +78,8 @@ from atp_notebook.backends.machinery import (
     SessionBackend,
     StreamingHandle,
     Transport,
-    remote_command,
     remote_kill_script,
+    tagged_env,
 )
 
 __all__ = ["MAX_SANDBOX_TIMEOUT_S", "ModalBackend", "ModalConfig", "ModalSession"]
@@ -90,7 +92,7 @@ MAX_SANDBOX_TIMEOUT_S = 24 * 3600
 _SANDBOX_TIMED_OUT = 124
 #: ... and for one terminated from outside (dashboard, CLI, out of memory).
 _SANDBOX_TERMINATED = 137
-#: Modal's own exec timeout is ours plus this, so ours (a clean process-group kill) fires first.
+#: Modal's own exec timeout is ours plus this, so ours (a clean kill of the whole tree) fires first.
 _EXEC_BACKSTOP_S = 60
 #: Stdin is sent in pieces of this size (the SDK buffers at most 16 MiB per drain).
 _STDIN_CHUNK = 1 << 20
@@ -208,7 +210,7 @@ class ModalConfig(BackendConfig):
 
 
 class ModalProcess(Transport):
-    """One command exec'd in the sandbox, killable through its process group."""
+    """One command exec'd in the sandbox, killable through its environment tag."""
 
     def __init__(self, session: ModalSession, sandbox: Any, process: Any, token: str) -> None:
         self._session = session
@@ -510,8 +512,8 @@ class ModalSession(ManagedSession):
         modal = _sdk()
         token = uuid.uuid4().hex
         # stdin is /dev/null for a command, as it is on the local backend
-        script = "exec 0</dev/null; " + remote_command(command, token)
-        kwargs: dict[str, Any] = {"env": dict(env), "text": False}
+        script = "exec 0</dev/null; " + command
+        kwargs: dict[str, Any] = {"env": tagged_env(env, token), "text": False}
         timeout = getattr(self._local, "timeout", None)
         if timeout:
             kwargs["timeout"] = int(timeout) + _EXEC_BACKSTOP_S
@@ -532,7 +534,7 @@ class ModalSession(ManagedSession):
         return ModalProcess(self, sandbox, process, token)
 
     def _kill_remote(self, sandbox: Any, token: str) -> None:
-        """Kill a command's process group from a second exec, on a thread (the caller may be the watchdog)."""
+        """Kill a command's tagged processes from a second exec, on a thread (the caller may be the watchdog)."""
         script = remote_kill_script(token, self._config.kill_grace_s)
 
         def run() -> None:
