@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Protocol
@@ -79,6 +80,9 @@ _HEADLINE_MESSAGE_CHARS = 100
 #: Information messages parsed while a check streams (and shown in its table);
 #: the others are counted, and parsed only if ``result.diagnostics`` is read.
 SHOWN_INFO = 200
+#: A batch this long means output floods in: pause briefly between batches.
+_BATCH_HINT = 256
+_FLOOD_PAUSE_S = 0.02
 
 
 class Sink(Protocol):
@@ -372,6 +376,12 @@ def follow(
             wait_s = min(max(tick(), 0.005), 0.5) if tick is not None else 0.5
             if done:
                 break
+            if len(lines) >= _BATCH_HINT:
+                # A flood: let the output pile up for a moment, so it is handled in a few
+                # large batches instead of thousands of small ones fighting the reader
+                # thread for the interpreter lock. The view redraws at most ~10 times a
+                # second anyway.
+                time.sleep(_FLOOD_PAUSE_S)
     except KeyboardInterrupt:
         interrupted = True
         handle.cancel()

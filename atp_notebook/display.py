@@ -60,6 +60,8 @@ IDLE_INTERVAL_S = 1.0
 MAX_TABLE_ROWS = 200
 #: Lines of a cell's source shown with marks.
 MAX_SOURCE_LINES = 2000
+#: Characters of output gathered before the run log writes them to disk.
+_LOG_CHUNK = 1 << 18
 #: Run logs kept per workdir; older ones are deleted.
 KEEP_LOGS = 100
 
@@ -95,20 +97,27 @@ class RunLog:
         self.path = folder / f"{stamp}-{next(_log_ids):06d}-{os.getpid()}-{slug}.log"
         self._file: IO[str] | None = open(self.path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
         self._buffer: list[str] = []
+        self._buffered = 0  # characters in _buffer
         if header:
             self._file.write(header.rstrip("\n") + "\n")
         _prune(folder, KEEP_LOGS)
 
     def write(self, text: str) -> None:
-        """Append ``text``; written to disk in large batches (and at :meth:`close`)."""
+        """Append ``text``; written to disk once ~256 KB or 4096 pieces have gathered (and at :meth:`close`).
+
+        So a flood is written while the command still runs, and memory holds
+        little of it here.
+        """
         self._buffer.append(text)
-        if len(self._buffer) >= 4096:
+        self._buffered += len(text)
+        if self._buffered >= _LOG_CHUNK or len(self._buffer) >= 4096:
             self.flush()
 
     def flush(self) -> None:
         if self._file is not None and self._buffer:
-            self._file.write("".join(self._buffer))
+            self._file.write("".join(self._buffer) if len(self._buffer) > 1 else self._buffer[0])
             self._buffer.clear()
+            self._buffered = 0
 
     def close(self) -> None:
         if self._file is not None:
