@@ -243,6 +243,7 @@ class Ignore:
         # (regex, matches the relative path?) lists, for files and for directories
         self._file_checks = [(compiled[k], k[1]) for k in _FILE_KEYS if compiled[k] is not None]
         self._dir_checks = [(compiled[k], k[1]) for k in _GROUP_KEYS if compiled[k] is not None]
+        self._dir_verdicts: dict[str, bool] = {}
 
     @classmethod
     def load(cls, root: Path | str, extra: Iterable[str] = ()) -> Ignore:
@@ -263,11 +264,19 @@ class Ignore:
 
     def ignores(self, rel: str) -> bool:
         """Whether the file ``rel`` is ignored, itself or through a parent directory."""
-        parts = rel.split("/")
-        for depth in range(1, len(parts)):
-            if self.match("/".join(parts[:depth]), parts[depth - 1], is_dir=True):
-                return True
-        return self.match(rel, parts[-1], is_dir=False)
+        parent, _, name = rel.rpartition("/")
+        if parent and self._ignores_dir(parent):
+            return True
+        return self.match(rel, name, is_dir=False)
+
+    def _ignores_dir(self, rel: str) -> bool:
+        """Whether the directory ``rel`` is ignored, itself or through a parent (remembered)."""
+        verdict = self._dir_verdicts.get(rel)
+        if verdict is None:
+            parent, _, name = rel.rpartition("/")
+            verdict = bool(parent and self._ignores_dir(parent)) or self.match(rel, name, is_dir=True)
+            self._dir_verdicts[rel] = verdict
+        return verdict
 
     def find_tests(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """``find`` tests that apply these patterns: (directories to prune, files to skip).
@@ -841,25 +850,30 @@ _TOOLS_CHECK = (
     '{{ echo "atp sync: \'$t\' not found in the sandbox" >&2; exit 127; }}; done\n'
 )
 
-# Stdin: previous "size mtime_s ./path" lines. The awk program prints
-# "F size mtime ./path" per file, the find status, then sha256sum lines for
-# the files that must be hashed, then an end marker.
+# Stdin: the previous manifest as "size mtime_s ./path" lines (the files whose
+# hash may be reused), then "-- atp-scan" and the sandbox's own listing in the
+# very same format. A previous line seen again verbatim, with an mtime outside
+# the racy window by the sandbox's clock, is an unchanged file: nothing is
+# printed for it, so a re-scan with nothing changed answers in a few bytes.
+# Printed: the clock; "F size mtime ./path" per file to hash (new, changed or
+# racy); the find status; "G size mtime ./path" per previous line NOT seen
+# unchanged (the file was deleted, or changed and is among the "F" lines);
+# the sha256sum lines of the "F" files; an end marker.
 _SCAN_AWK = r"""
-BEGIN { print "-- atp-now " now }
+BEGIN { print "-- atp-now " now; cut = now - 2 }
 phase == 0 {
-  if ($0 == "-- atp-scan") { phase = 1; next }
-  i = index($0, " "); r = substr($0, i + 1); j = index(r, " ")
-  prev[substr(r, j + 1)] = substr($0, 1, i - 1) " " substr(r, 1, j - 1)
+  if ($0 == "-- atp-scan") phase = 1
+  else prev[$0] = 1
   next
 }
 /^-- atp-find / { print; next }
 {
-  i = index($0, " "); r = substr($0, i + 1); j = index(r, " ")
-  size = substr($0, 1, i - 1); mt = substr(r, 1, j - 1); name = substr(r, j + 1)
+  if ($0 in prev) { delete prev[$0]; if ($2 + 0 < cut) next }
   print "F " $0
-  if (!(name in prev) || prev[name] != size " " mt || mt + 0 >= now - 2) h[++nh] = name
+  i = index($0, " "); r = substr($0, i + 1); h[++nh] = substr(r, index(r, " ") + 1)
 }
 END {
+  for (line in prev) print "G " line
   fflush()
   if (nh > 0) { cmd = ENVIRON["ATP_HASH"]; for (k = 1; k <= nh; k++) print h[k] | cmd; close(cmd) }
   print "-- atp-end"
@@ -914,21 +928,25 @@ class RemoteTree:
         return out
 
     def scan(self, previous: Manifest | None = None, ignore: Ignore | None = None) -> Manifest:
-        """Manifest of the sandbox tree; hashes only what changed (one ``run``)."""
+        """Manifest of the sandbox tree; hashes only what changed (one ``run``).
+
+        The sandbox compares its listing with ``previous`` itself and answers
+        with the differences only: the cost of a re-scan is one ``find`` and
+        ``stat`` over the tree plus the changes, not a manifest sent back.
+        """
         ignore = ignore if ignore is not None else self.ignore
-        known = {**self._ignored, **(previous or {})}
+        reusable, listing = _previous_listing({**self._ignored, **(previous or {})})
         self.round_trips += 1
-        code, out, err = self._run(self._in_root(self._scan_script(ignore)), _previous_listing(known))
+        code, out, err = self._run(self._in_root(self._scan_script(ignore)), listing)
         if code != 0:
             raise RemoteError("scan", code, err)
         found = re.search(rb"(?:^|\n)-- atp-find (\d+)\n", out)
         if found is None or found.group(1) != b"0":
             # A directory find could not read would look like deleted files: refuse.
             raise RemoteError("scan (find)", int(found.group(1)) if found else -1, err)
-        everything = _parse_scan(out, known)
         manifest: Manifest = {}
         self._ignored = {}
-        for name, item in everything.items():
+        for name, item in _parse_scan(out, reusable).items():
             (self._ignored if ignore.ignores(name) else manifest)[name] = item
         return manifest
 
@@ -967,20 +985,29 @@ class RemoteTree:
         self._call("write", _TOOLS_CHECK.format(tools="tar rm rmdir") + _WRITE_SCRIPT, stdin)
 
 
-def _previous_listing(previous: Manifest) -> bytes:
-    """``size mtime_s ./path`` lines for the files whose hash may be reused."""
-    lines = [
-        f"{e.size} {e.mtime_ns // 1_000_000_000} ./{path}\n"
-        for path, e in previous.items()
-        if e.sha256 and not e.racy and "\n" not in path
-    ]
-    return "".join(lines).encode("utf-8", "surrogateescape")
+def _previous_listing(previous: Manifest) -> tuple[Manifest, bytes]:
+    """The entries whose hash may be reused, and their ``size mtime_s ./path`` lines.
+
+    The lines must be byte for byte what the sandbox's ``stat -c '%s %Y %n'``
+    prints for an unchanged file.
+    """
+    reusable = {
+        path: e for path, e in previous.items() if e.sha256 and not e.racy and "\n" not in path
+    }
+    text = "".join([f"{e.size} {e.mtime_ns // 1_000_000_000} ./{path}\n" for path, e in reusable.items()])
+    return reusable, text.encode("utf-8", "surrogateescape")
 
 
-def _parse_scan(out: bytes, previous: Manifest) -> Manifest:
-    """Turn the scan script's output into a manifest (before host-side ignores)."""
+def _parse_scan(out: bytes, reusable: Manifest) -> Manifest:
+    """Turn the scan script's output into a manifest (before host-side ignores).
+
+    ``reusable``: the entries the script was given. Those it did not report
+    as gone are unchanged; the files it reported are new or changed (or racy)
+    and come with fresh hashes.
+    """
     stats: dict[str, tuple[int, int]] = {}
     digests: dict[str, str] = {}
+    gone: set[str] = set()
     ended = False
     now_s = 0
     for raw in out.split(b"\n"):
@@ -992,6 +1019,8 @@ def _parse_scan(out: bytes, previous: Manifest) -> Manifest:
             name = _strip_dot(name)
             if _is_clean_relative(name):  # a hostile sandbox could print anything
                 stats[name] = (int(size), int(mtime) * 1_000_000_000)
+        elif line.startswith("G "):
+            gone.add(_strip_dot(line[2:].split(" ", 2)[-1]))
         elif line.startswith("-- atp-find "):
             continue
         elif line == "-- atp-end":
@@ -1001,30 +1030,24 @@ def _parse_scan(out: bytes, previous: Manifest) -> Manifest:
             digests[name] = digest
     if not ended:
         raise SyncError("sandbox scan output was cut short")
-    return _merge_scan(stats, digests, previous, (now_s - 2) * 1_000_000_000)
-
-
-def _merge_scan(
-    stats: Mapping[str, tuple[int, int]], digests: Mapping[str, str], previous: Manifest, racy_from_ns: int
-) -> Manifest:
-    """Join stat and hash lines; a file the script did not hash reuses its old hash.
-
-    (The sandbox decided, against its own clock, that the old hash still
-    holds; a file it meant to hash but could not read gets ``sha256=""``.
-    ``racy_from_ns``: hashes of files this recent, by the sandbox's clock,
-    are marked racy.)
-    """
-    result: Manifest = {}
-    for name, (size, mtime_ns) in stats.items():
-        if name in digests:
-            result[name] = Entry(size, mtime_ns, digests[name], mtime_ns >= racy_from_ns)
-            continue
-        old = previous.get(name)
-        if old is not None and old.reusable_for(size, mtime_ns):
-            result[name] = old
-        else:  # the sandbox meant to hash it but could not read it
-            result[name] = Entry(size, mtime_ns, "")
+    result = {name: e for name, e in reusable.items() if name not in gone}
+    result.update(_hashed_entries(stats, digests, (now_s - 2) * 1_000_000_000))
     return result
+
+
+def _hashed_entries(
+    stats: Mapping[str, tuple[int, int]], digests: Mapping[str, str], racy_from_ns: int
+) -> Manifest:
+    """Join the stat and hash lines of the files the script hashed.
+
+    A file it meant to hash but could not read gets ``sha256=""``; hashes of
+    files with an mtime from ``racy_from_ns`` on (by the sandbox's clock) are
+    marked racy.
+    """
+    return {
+        name: Entry(size, mtime_ns, digests.get(name, ""), mtime_ns >= racy_from_ns)
+        for name, (size, mtime_ns) in stats.items()
+    }
 
 
 def _is_clean_relative(name: str) -> bool:

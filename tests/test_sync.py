@@ -281,6 +281,11 @@ def test_ignore_ignores_checks_parent_directories() -> None:
     assert not ignore.ignores("out")  # a file named like a dir-only pattern is kept
     assert not ignore.ignores("src/gen/x.lean")
     assert not ignore.ignores("Scratch.lean.conflict-sandbox")
+    anchored = Ignore(["src/gen/"])
+    for _ in range(2):  # directory verdicts are remembered: asking again gives the same answers
+        assert anchored.ignores("src/gen/deep/x.lean") and anchored.ignores("src/gen/x.lean")
+        assert not anchored.ignores("src/generated/x.lean") and not anchored.ignores("lib/src/gen/x.lean")
+        assert not anchored.ignores("src/gen")  # a file of that name: the pattern is for directories
 
 
 # --------------------------------------------------------------------------- plan
@@ -607,11 +612,13 @@ def test_remote_scan_applies_ignores_and_reuses_hashes(pair: Pair) -> None:
     assert set(first) == {"Mathlib/A.lean"}
     assert first["Mathlib/A.lean"].sha256 == sync.hashlib.sha256(b"src").hexdigest()
     assert first["Mathlib/A.lean"].mtime_ns == (pair.box / "Mathlib/A.lean").stat().st_mtime_ns
+    _script, _stdin, listed = pair.runner.calls[-1]
+    assert b".lake" not in listed and b"build" not in listed and b"notes" not in listed  # pruned in find
+    assert b" ./gen/x1.lean\n" in listed  # "[" is not pushed down: listed, then filtered on the host
     assert pair.remote.scan(first, ignore) == first
-    script, _stdin, stdout = pair.runner.calls[-1]
-    assert not [ln for ln in stdout.splitlines() if not ln.startswith((b"F ", b"-- "))]  # nothing re-hashed
-    assert b".lake" not in stdout and b"build" not in stdout and b"notes" not in stdout  # pruned in find
-    assert b"gen/x1.lean" in stdout  # "[" is not pushed down: filtered on the host, hashed once only
+    _script, stdin, stdout = pair.runner.calls[-1]
+    assert b" ./gen/x1.lean\n" in stdin  # ... and hashed once only: the re-scan knows it
+    assert stdout.splitlines()[1:] == [b"-- atp-find 0", b"-- atp-end"]  # nothing re-hashed, nothing sent back
 
 
 def test_remote_scan_hashes_racy_files(pair: Pair) -> None:
@@ -644,6 +651,75 @@ def test_remote_scan_rechecks_a_file_that_was_racy_when_hashed(tmp_path: Path) -
     assert second["S.lean"].sha256 == sync.hashlib.sha256(b"bbbb").hexdigest() and not second["S.lean"].racy
 
 
+def sha(data: bytes) -> str:
+    return sync.hashlib.sha256(data).hexdigest()
+
+
+def hashing_lines(stdout: bytes) -> list[bytes]:
+    """The sha256sum lines of a remote scan's output (one per file hashed in the sandbox)."""
+    return [ln for ln in stdout.splitlines() if not ln.startswith((b"F ", b"G ", b"-- "))]
+
+
+def test_remote_rescan_sends_back_only_the_differences(pair: Pair) -> None:
+    """Deleted, grown, touched into the past, replaced by a directory, added: all seen, nothing else hashed."""
+    for i in range(30):
+        put(pair.box, f"d{i % 3}/f {i}.lean", f"v1 {i:02}")
+    first = pair.remote.scan(None)
+    (pair.box / "d0/f 0.lean").unlink()
+    put(pair.box, "d1/f 1.lean", "v2, longer")
+    past = pair.box / "d2/f 2.lean"
+    mtime = past.stat().st_mtime_ns
+    past.write_text("v9 02")  # same size, and an mtime older than the one the manifest has
+    os.utime(past, ns=(mtime - 10**10, mtime - 10**10))
+    (pair.box / "d0/f 3.lean").unlink()
+    put(pair.box, "d0/f 3.lean/inner.lean", "now a directory")
+    put(pair.box, "new dir/é ü.lean", "new")
+    second = pair.remote.scan(first)
+    _script, _stdin, stdout = pair.runner.calls[-1]
+    assert len(hashing_lines(stdout)) == 4
+    assert len(stdout) < 1000  # 26 unchanged files cost no output
+    assert set(first) - set(second) == {"d0/f 0.lean", "d0/f 3.lean"}
+    assert set(second) - set(first) == {"d0/f 3.lean/inner.lean", "new dir/é ü.lean"}
+    assert second["d1/f 1.lean"].sha256 == sha(b"v2, longer")
+    assert second["d2/f 2.lean"].sha256 == sha(b"v9 02")
+    assert second["d2/f 2.lean"].mtime_ns == mtime - 10**10
+    assert second == RemoteTree(pair.runner, str(pair.box)).scan(None)  # what a scan from scratch says
+    assert pair.remote.scan(second) == second
+    assert hashing_lines(pair.runner.calls[-1][2]) == []
+
+
+def test_remote_scan_catches_a_same_size_replacement_in_the_same_second(pair: Pair) -> None:
+    """A file renamed over another one, same size, same mtime second: the racy rule hashes it again."""
+    path = put(pair.box, "S.lean", "aaaa", old=False)
+    first = pair.remote.scan(None)
+    assert first["S.lean"].racy
+    st = path.stat()
+    other = put(pair.box, "S.lean.new", "bbbb", old=False)
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    other.replace(path)
+    assert pair.remote.scan(first) == {"S.lean": Entry(4, st.st_mtime_ns // 10**9 * 10**9, sha(b"bbbb"))}
+
+
+def test_remote_scan_trusts_the_sandbox_clock_over_the_manifest(pair: Pair) -> None:
+    """A hash the host calls settled (its clock runs ahead, say) is checked again if the file is recent there."""
+    path = put(pair.box, "S.lean", "bbbb", old=False)
+    mtime_s = path.stat().st_mtime_ns // 10**9
+    settled = {"S.lean": Entry(4, mtime_s * 10**9, sha(b"aaaa"), racy=False)}  # same size and second
+    assert pair.remote.scan(settled)["S.lean"].sha256 == sha(b"bbbb")
+
+
+def test_remote_rescan_follows_changed_ignore_patterns(pair: Pair) -> None:
+    put(pair.box, "keep.lean", "k")
+    put(pair.box, "gen/x1.lean", "x")
+    plain = Ignore()
+    narrow = Ignore([*sync.DEFAULT_IGNORES, "gen/x[0-9].lean"])  # not pushed down to find
+    first = pair.remote.scan(None, plain)
+    assert set(first) == {"keep.lean", "gen/x1.lean"}
+    assert set(pair.remote.scan(first, narrow)) == {"keep.lean"}
+    assert pair.remote.scan(first, plain) == first
+    assert hashing_lines(pair.runner.calls[-1][2]) == []  # the ignored file was remembered, not re-hashed
+
+
 def test_round_trip_budget_on_a_2000_file_tree(pair: Pair) -> None:
     for i in range(2000):
         put(pair.host, f"pkg{i % 40}/File {i} é.lean", f"-- file {i}\n")
@@ -652,7 +728,7 @@ def test_round_trip_budget_on_a_2000_file_tree(pair: Pair) -> None:
     assert len(tree(pair.box)) == 2000
     assert pair.runs(pair.sync.sync_out)[1] == 1
     _script, _stdin, stdout = pair.runner.calls[-1]
-    assert not [ln for ln in stdout.splitlines() if not ln.startswith((b"F ", b"-- "))]  # what we sent is known
+    assert not [ln for ln in stdout.splitlines() if not ln.startswith(b"-- ")]  # what we sent is known: no hashing
     assert pair.runs(pair.sync.sync_in)[1] == 1
 
     put(pair.host, "pkg7/File 7 é.lean", "-- changed on the host\n")
