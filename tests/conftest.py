@@ -15,6 +15,15 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host (a zombie counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def corpus_path() -> Path:
     """Where the recorded Lean corpus lives: ``$ATP_LEAN_CORPUS`` or ``../shared/lean-corpus``."""
     env = os.environ.get("ATP_LEAN_CORPUS")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import process_alive
+
 from atp_notebook.backends import get_backend
 from atp_notebook.backends.base import SandboxDiedError
 from atp_notebook.images import DEFAULT_IMAGE
@@ -206,17 +208,10 @@ def test_the_session_is_closed_when_the_interpreter_exits(tmp_path):
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60, env=env)
     pid = int(pidfile.read_text())
     deadline = time.monotonic() + 5
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(pid)
+    assert not process_alive(pid)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_conflicts_found_by_an_automatic_sync_are_said(tmp_path):

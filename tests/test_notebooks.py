@@ -26,7 +26,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
-from tests.conftest import in_ci
+from tests.conftest import in_ci, process_alive
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -422,19 +422,12 @@ def test_shutting_the_kernel_down_closes_the_session(tmp_path, kernel_env):
         while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.05)
         pid = int(pidfile.read_text())
-        assert _alive(pid)
+        assert process_alive(pid)
     finally:
         k.client.stop_channels()
         k.manager.shutdown_kernel(now=False)  # a shutdown_request, as JupyterLab sends
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(pid)
+    assert not process_alive(pid)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
