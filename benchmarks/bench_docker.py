@@ -24,8 +24,6 @@ scratch plus the stand-in toolchain), built if missing.
 from __future__ import annotations
 
 import argparse
-import os
-import random
 import statistics
 import subprocess
 import sys
@@ -38,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atp_notebook.backends.docker import DockerBackend, DockerConfig  # noqa: E402
 from atp_notebook.backends.docker_client import connect_docker  # noqa: E402
 from atp_notebook.images import Image  # noqa: E402
+from benchmarks.bench_sync import make_tree  # noqa: E402
 from tests.docker_image import WORKDIR, ensure_test_image  # noqa: E402
 
 EXEC_TARGET = 0.8
@@ -75,18 +74,6 @@ def streaming_latency(session, lines: int = 200) -> float:
             lags.append((time.time() - float(line)) * 1000)
         assert handle.wait().exit_code == 0
     return statistics.median(lags[5:])
-
-
-def make_tree(root: Path, count: int) -> None:
-    """``count`` Lean-sized files (0.5-8 KB) in 100 directories, mtimes an hour ago."""
-    rng = random.Random(0)
-    past = time.time() - 3600
-    for i in range(count):
-        path = root / f"Pkg{i % 10}" / f"Sub{i % 100}" / f"File{i}.lean"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        line = f"theorem t{i} (n : Nat) : n + 0 = n := by simp -- {'x' * 40}\n"
-        path.write_text(line * rng.randint(6, 100))
-        os.utime(path, (past, past))
 
 
 def copy_mode(backend: DockerBackend, root: Path, files: int) -> tuple[float, float, float, str]:

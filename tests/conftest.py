@@ -15,6 +15,13 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def unavailable(reason: str) -> None:
+    """A test's prerequisite is missing: skip with ``reason``, but fail under ``CI=true``."""
+    if in_ci():
+        pytest.fail(f"{reason} -- under CI=true this test must run, not skip")
+    pytest.skip(reason)
+
+
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs on this host (a zombie counts as dead)."""
     try:

@@ -18,12 +18,9 @@ from dataclasses import asdict, replace
 import pytest
 
 from atp_notebook.backends.base import AtpError, BackendUnavailableError, SandboxDiedError
+from tests.conftest import in_ci, unavailable
 from tests.contract import ContractTests, proc_state
 from tests.docker_image import BAKED_LAKE, STANDIN, WORKDIR, ImageUnavailable, ensure_test_image
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 try:
@@ -52,12 +49,6 @@ RUN_ID = uuid.uuid4().hex
 RUN_LABELS = {RUN_LABEL: RUN_ID}
 
 
-def _unavailable(reason: str) -> None:
-    if in_ci():
-        pytest.fail(f"{reason} -- under CI=true the Docker tests must run, not skip")
-    pytest.skip(reason)
-
-
 # -- fixtures -------------------------------------------------------------------------------------
 
 
@@ -84,7 +75,7 @@ def docker_client():
     try:
         client = connect_docker(timeout=60)
     except BackendUnavailableError as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
     yield client
     client.close()
 
@@ -94,7 +85,7 @@ def test_image(docker_client) -> Image:
     try:
         tag = ensure_test_image(docker_client)
     except ImageUnavailable as exc:
-        _unavailable(f"cannot build the Docker test image: {exc}")
+        unavailable(f"cannot build the Docker test image: {exc}")
     return Image(tag=tag, workdir=WORKDIR)
 
 
@@ -406,10 +397,10 @@ def test_a_missing_mount_source_is_explained(docker_backend, tmp_path):
 def test_without_an_engine_ci_fails_and_elsewhere_skips(monkeypatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="must run, not skip"):
-        _unavailable("no engine")
+        unavailable("no engine")
     monkeypatch.setenv("CI", "")
     with pytest.raises(pytest.skip.Exception):
-        _unavailable("no engine")
+        unavailable("no engine")
 
 
 def test_no_daemon_is_one_clear_error(tmp_path):

@@ -26,7 +26,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
-from tests.conftest import in_ci, process_alive
+from tests.conftest import process_alive, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -239,11 +239,6 @@ def docker_test_image():
     from atp_notebook.backends.base import BackendUnavailableError
     from atp_notebook.backends.docker_client import connect_docker
     from tests.docker_image import ImageUnavailable, ensure_test_image
-
-    def unavailable(reason: str) -> None:
-        if in_ci():
-            pytest.fail(f"{reason} -- under CI=true the Docker tests must run, not skip")
-        pytest.skip(reason)
 
     try:
         client = connect_docker(timeout=60)
