@@ -51,8 +51,11 @@ def default_context() -> Path:
 
 
 def build_args_for(image: Image = DEFAULT_IMAGE) -> dict[str, str]:
-    """The Dockerfile's build args that make it produce ``image``'s toolchain and Mathlib."""
-    return {"LEAN_TOOLCHAIN": image.toolchain, "MATHLIB_REV": image.mathlib_rev}
+    """The Dockerfile's build args that make it produce ``image``'s toolchain, Mathlib and REPL."""
+    args = {"LEAN_TOOLCHAIN": image.toolchain, "MATHLIB_REV": image.mathlib_rev}
+    if image.repl_rev:
+        args["REPL_REV"] = image.repl_rev
+    return args
 
 
 def build_image(

@@ -26,6 +26,11 @@ class Image:
         Absolute path of the image's pre-built ``.lake`` (Mathlib oleans);
         :func:`~atp_notebook.backends.base.wrap_command` links the workdir's
         ``.lake`` to it. Empty: no warm cache.
+    repl_rev:
+        The tag of the Lean REPL (github.com/leanprover-community/repl) the
+        image carries as ``repl`` on PATH, built with :attr:`toolchain`. Its
+        tags are named after Lean versions: ``v4.26.0`` goes with
+        ``leanprover/lean4:v4.26.0``. Empty: no REPL pinned.
     """
 
     tag: str
@@ -33,6 +38,7 @@ class Image:
     mathlib_rev: str = ""
     workdir: str = "/workspace"
     baked_lake: str = ""
+    repl_rev: str = ""
 
     @property
     def lean_version(self) -> str:
@@ -40,8 +46,8 @@ class Image:
         return self.toolchain.rpartition(":")[2]
 
 
-#: Lean and Mathlib releases are tagged in lockstep: Mathlib's ``v4.26.0`` tag
-#: builds with ``leanprover/lean4:v4.26.0``. The tag is what
+#: Lean, Mathlib and the REPL are tagged in lockstep: Mathlib's and the REPL's
+#: ``v4.26.0`` tags build with ``leanprover/lean4:v4.26.0``. The tag is what
 #: ``atp-notebook image build`` (the project's Dockerfile) produces.
 DEFAULT_IMAGE = Image(
     tag="atp-notebook/lean-mathlib:v4.26.0",
@@ -49,4 +55,5 @@ DEFAULT_IMAGE = Image(
     mathlib_rev="v4.26.0",
     workdir="/workspace",
     baked_lake="/opt/mathlib-cache/.lake",
+    repl_rev="v4.26.0",
 )

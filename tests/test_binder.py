@@ -2,7 +2,8 @@
 
 repo2docker itself cannot run here (no registry, no GitHub), so postBuild is
 run for real against the stand-in elan/Lake of ``tests/test_image.py``, in a
-throwaway HOME, exactly as repo2docker would call it.
+throwaway HOME, exactly as repo2docker would call it, with the REPL cloned
+from a local repository standing in for GitHub's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 from atp_notebook.images import DEFAULT_IMAGE
 from tests.conftest import REPO
-from tests.test_image import find_tool, make_stand_in
+from tests.test_image import REPL_BIN, find_tool, git, make_repl_upstream, make_stand_in
 
 BINDER = REPO / "binder"
 SCRIPTS = [BINDER / "postBuild", BINDER / "start"]
@@ -61,17 +62,22 @@ def test_requirements_install_this_package_with_jupyterlab():
 def test_postbuild_takes_its_versions_from_default_image_only():
     text = (BINDER / "postBuild").read_text()
     assert "DEFAULT_IMAGE.toolchain" in text and "DEFAULT_IMAGE.mathlib_rev" in text
+    assert "DEFAULT_IMAGE.repl_rev" in text
     code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
     assert not re.search(r"v\d+\.\d+\.\d+", code), "no version may be hard-coded in postBuild"
     # it runs the very scripts the Dockerfile runs
     assert "atp_notebook/data/image" in text
-    assert "install-elan.sh" in text and "warm-mathlib.sh" in text
+    assert "install-elan.sh" in text and "warm-mathlib.sh" in text and "install-repl.sh" in text
+    # the REPL against the same toolchain, at DEFAULT_IMAGE's tag, into the directory binder/start puts on PATH
+    assert 'sh "$scripts/install-repl.sh" "$HOME/repl" "$toolchain" "$repl_rev"' in code
 
 
 @pytest.fixture
 def built_binder(tmp_path):
     """A HOME as postBuild leaves it, built against the stand-in elan/Lake."""
     stand_in = make_stand_in(tmp_path)
+    # the REPL comes from a local stand-in of its repository: nothing is downloaded
+    stand_in.env["REPL_URL"] = make_repl_upstream(tmp_path)
     stand_in.run("sh", BINDER / "postBuild")  # repo2docker runs it from the repository root
     return stand_in
 
@@ -87,6 +93,14 @@ def test_postbuild_installs_the_pinned_toolchain_and_warm_mathlib(built_binder):
     assert (cache / ".lake/packages/mathlib/.lake/build/lib/lean/Mathlib.olean").is_file()
 
 
+def test_postbuild_builds_the_repl_at_default_image_versions(built_binder):
+    repl = built_binder.home / "repl"
+    assert (repl / "lean-toolchain").read_text() == DEFAULT_IMAGE.toolchain + "\n"
+    assert git(repl, "describe", "--tags", "--exact-match", "HEAD") == DEFAULT_IMAGE.repl_rev
+    result = built_binder.run(repl / REPL_BIN)
+    assert result.stdout == f"stand-in repl built with {DEFAULT_IMAGE.toolchain}\n"
+
+
 def test_start_exports_the_env_var_contract(built_binder):
     home = built_binder.home
     result = built_binder.run(
@@ -96,6 +110,9 @@ def test_start_exports_the_env_var_contract(built_binder):
     assert baked == f"{home}/mathlib-cache/.lake"
     assert elan_home == f"{home}/.elan"
     assert lake == f"{home}/.elan/bin/lake"
+    # the REPL is on PATH, for `lake env repl`
+    result = built_binder.run("sh", BINDER / "start", "sh", "-c", "command -v repl")
+    assert result.stdout == f"{home}/repl/{REPL_BIN}\n"
     # the contract: the scaffold a workdir copies sits beside the baked .lake
     scaffold = home / "mathlib-cache"
     for name in ("lean-toolchain", "lakefile.toml", "lake-manifest.json"):

@@ -5,10 +5,12 @@ tests. What is checked instead:
 
 * the Dockerfile's text: versions, layout, user, stages (parsed here) and
   hadolint's rules;
-* the two scripts it runs, shellchecked and executed against a stand-in elan
+* the three scripts it runs, shellchecked and executed against a stand-in elan
   and Lake (POSIX sh test doubles below) that do just enough of the real
   tools' work for the scripts' own logic (checksum, proxies, manifest,
-  history trimming, smoke test) to run for real, with real git;
+  history trimming, smoke test, the REPL's toolchain check) to run for real,
+  with real git (the REPL is cloned from a local repository standing in for
+  GitHub's);
 * ``build_image`` against the real Docker engine, on tiny contexts built
   ``FROM scratch``.
 """
@@ -39,7 +41,9 @@ from tests.conftest import REPO, in_ci
 
 CONTEXT = REPO / "atp_notebook" / "data" / "image"
 DOCKERFILE = CONTEXT / "Dockerfile"
-SCRIPTS = [CONTEXT / "install-elan.sh", CONTEXT / "warm-mathlib.sh"]
+SCRIPTS = [CONTEXT / "install-elan.sh", CONTEXT / "warm-mathlib.sh", CONTEXT / "install-repl.sh"]
+#: Where install-repl.sh leaves the REPL's binary under its DEST; the image copies just that file.
+REPL_BIN = ".lake/build/bin/repl"
 
 
 # --- Dockerfile parsing --------------------------------------------------------
@@ -99,22 +103,50 @@ def key_values(args: str) -> dict[str, str]:
     return pairs
 
 
-def test_arg_defaults_are_default_image_versions(instructions):
-    global_args = {}
+def global_args(instructions: list[Instruction]) -> dict[str, str]:
+    """The ARG defaults declared before the first FROM."""
+    args: dict[str, str] = {}
     for i in instructions:
         if i.stage == -1 and i.cmd == "ARG":
-            global_args.update(key_values(i.args))
-    assert global_args["LEAN_TOOLCHAIN"] == DEFAULT_IMAGE.toolchain
-    assert global_args["MATHLIB_REV"] == DEFAULT_IMAGE.mathlib_rev
+            args.update(key_values(i.args))
+    return args
+
+
+def test_arg_defaults_are_default_image_versions(instructions):
+    args = global_args(instructions)
+    assert args["LEAN_TOOLCHAIN"] == DEFAULT_IMAGE.toolchain
+    assert args["MATHLIB_REV"] == DEFAULT_IMAGE.mathlib_rev
+    assert args["REPL_REV"] == DEFAULT_IMAGE.repl_rev
     # and build_image passes exactly these names
     assert build_args_for(DEFAULT_IMAGE) == {
         "LEAN_TOOLCHAIN": DEFAULT_IMAGE.toolchain,
         "MATHLIB_REV": DEFAULT_IMAGE.mathlib_rev,
+        "REPL_REV": DEFAULT_IMAGE.repl_rev,
     }
     # every stage that uses them re-declares them (an ARG before FROM is not visible after it)
     for stage in {i.stage for i in instructions if i.stage >= 0}:
         declared = {i.args.split("=")[0] for i in instructions if i.stage == stage and i.cmd == "ARG"}
-        assert {"LEAN_TOOLCHAIN", "MATHLIB_REV"} <= declared
+        assert {"LEAN_TOOLCHAIN", "MATHLIB_REV", "REPL_REV"} <= declared
+
+
+def test_repl_rev_and_toolchain_name_the_same_lean_version(instructions):
+    """The REPL must be built with the Lean that wrote Mathlib's oleans: its tag vX.Y.Z goes with lean4:vX.Y.Z."""
+    # e.g. v4.26.0 and leanprover/lean4:v4.26.0
+    assert DEFAULT_IMAGE.repl_rev and DEFAULT_IMAGE.repl_rev == DEFAULT_IMAGE.lean_version
+    assert DEFAULT_IMAGE.toolchain == f"leanprover/lean4:{DEFAULT_IMAGE.repl_rev}"
+    args = global_args(instructions)
+    assert args["REPL_REV"] == args["LEAN_TOOLCHAIN"].rpartition(":")[2]
+    # the REPL is built against the very toolchain ARG elan installs
+    runs = [shlex.split(i.args) for i in instructions if i.cmd == "RUN" and "install-repl.sh" in i.args]
+    elan = [shlex.split(i.args) for i in instructions if i.cmd == "RUN" and "install-elan.sh" in i.args]
+    assert len(runs) == 1 and len(elan) == 1
+    assert runs[0][3:] == ["${LEAN_TOOLCHAIN}", "${REPL_REV}"]
+    assert elan[0][2:] == ["${LEAN_TOOLCHAIN}"]
+    assert runs[0][0] == "sh" and runs[0][1].endswith("/install-repl.sh")
+    # an Image without a REPL pinned says so with ""
+    from atp_notebook.images import Image
+
+    assert Image("custom:latest").repl_rev == ""
 
 
 def test_layout_matches_default_image(instructions):
@@ -129,7 +161,23 @@ def test_layout_matches_default_image(instructions):
     assert f"{project_dir}/.lake" == DEFAULT_IMAGE.baked_lake
     # ... and copied to the same path in the final stage
     copies = [shlex.split(i.args) for i in final if i.cmd == "COPY" and "--from=builder" in i.args]
-    assert [c[-2:] for c in copies] == [["/opt/elan", "/opt/elan"], [project_dir, project_dir]]
+    # the REPL is built in the builder, and only its binary is copied, to the same path
+    repl_runs = [shlex.split(i.args) for i in instructions if i.cmd == "RUN" and "install-repl.sh" in i.args]
+    assert len(repl_runs) == 1 and repl_runs[0][0] == "sh"
+    repl_bin = f"{repl_runs[0][2]}/{REPL_BIN}"
+    assert [c[-2:] for c in copies] == [
+        ["/opt/elan", "/opt/elan"],
+        [project_dir, project_dir],
+        [repl_bin, repl_bin],
+    ]
+    # root keeps the REPL's binary: the sandbox user runs it but cannot replace it
+    assert not any(a.startswith("--chown") for a in copies[-1])
+    # `repl` is on PATH through a link made as root, before USER, and checked as the runtime user
+    runs = " ".join(i.args for i in final if i.cmd == "RUN")
+    assert f"ln -s {repl_bin} /usr/local/bin/repl" in runs
+    last_run = [i for i in final if i.cmd == "RUN"][-1]
+    user = [i for i in final if i.cmd == "USER"][-1]
+    assert user.line < last_run.line and 'test -x "$(command -v repl)"' in last_run.args
 
     env, labels = {}, {}
     for i in final:
@@ -143,6 +191,7 @@ def test_layout_matches_default_image(instructions):
     assert labels["io.atp-notebook.workdir"] == DEFAULT_IMAGE.workdir
     assert labels["io.atp-notebook.lean-toolchain"] == "${LEAN_TOOLCHAIN}"
     assert labels["io.atp-notebook.mathlib-rev"] == "${MATHLIB_REV}"
+    assert labels["io.atp-notebook.repl-rev"] == "${REPL_REV}"
     for key in ("title", "description", "version", "licenses"):
         assert labels[f"org.opencontainers.image.{key}"]
 
@@ -173,7 +222,7 @@ def test_multi_stage_with_a_runtime_only_final_stage(instructions):
     assert installed == {"ca-certificates", "git"}
     forbidden = {"build-essential", "gcc", "g++", "clang", "make", "curl", "wget", "cmake"}
     assert not installed & forbidden
-    # the only things taken from the builder are elan's directory and the warm project
+    # the only things taken from the builder are elan's directory, the warm project and the REPL's binary
     assert all(i.args.split()[0] == "--from=builder" for i in final if i.cmd == "COPY")
     assert not [i for i in final if i.cmd == "ADD"]
 
@@ -214,7 +263,12 @@ def test_copied_files_exist_in_the_shipped_context(instructions):
             for source in sources:
                 assert (CONTEXT / source).is_file(), f"line {i.line}: {source} is not in {CONTEXT}"
     # the context holds nothing else: docker sends all of it to the daemon
-    assert sorted(p.name for p in CONTEXT.iterdir()) == ["Dockerfile", "install-elan.sh", "warm-mathlib.sh"]
+    assert sorted(p.name for p in CONTEXT.iterdir()) == [
+        "Dockerfile",
+        "install-elan.sh",
+        "install-repl.sh",
+        "warm-mathlib.sh",
+    ]
 
 
 # --- linters -----------------------------------------------------------------
@@ -263,9 +317,9 @@ def test_image_scripts_pass_shellcheck(script):
 # One POSIX sh file plays elan-init, elan, lean and lake, picking its role from
 # the name it is called by, as the real elan binary does. It is a test double:
 # it does the filesystem and git work the scripts rely on (clone at a tagged
-# revision, write a manifest, drop oleans in place) and refuses what real Lake
-# refuses offline (a workdir without the manifest, a package not at the
-# manifest's revision).
+# revision, write a manifest, drop oleans in place, build the REPL's binary)
+# and refuses what real Lake refuses offline (a workdir without the manifest,
+# a package not at the manifest's revision).
 STAND_IN_ELAN = r"""#!/bin/sh
 set -eu
 me=$(basename "$0")
@@ -331,6 +385,14 @@ lake)
         mkdir -p .lake/packages/mathlib/.lake/build/lib/lean
         : >.lake/packages/mathlib/.lake/build/lib/lean/Mathlib.olean
         echo "Decompressing 1 file(s)"
+        ;;
+    build)
+        # the REPL's lakefile declares the executable; its stand-in binary says what built it
+        grep -q '^name = "repl"$' lakefile.toml || { echo "error: no executable target 'repl'"; exit 1; }
+        mkdir -p .lake/build/bin
+        printf '#!/bin/sh\necho "stand-in repl built with %s"\n' "$(cat lean-toolchain)" >.lake/build/bin/repl
+        chmod +x .lake/build/bin/repl
+        echo "Build completed successfully."
         ;;
     env)
         shift
@@ -558,6 +620,107 @@ def test_warm_mathlib_rejects_a_mathlib_that_wants_another_toolchain(stand_in):
     result = warm(stand_in, project, STAND_IN_MATHLIB_TOOLCHAIN="leanprover/lean4:v4.99.0")
     assert result.returncode != 0
     assert "asks for toolchain 'leanprover/lean4:v4.99.0'" in result.stderr
+
+
+# --- install-repl.sh, against a local repository standing in for the REPL's ------
+
+#: A tag of the stand-in REPL repository whose lean-toolchain is not DEFAULT_IMAGE's.
+OTHER_REPL_REV = "v4.25.0"
+
+
+def make_repl_upstream(root: Path) -> str:
+    """A git repository laid out like leanprover-community/repl; returns its ``file://`` URL.
+
+    Like the real one, its tags are named after Lean versions and carry the
+    matching ``lean-toolchain``: ``v4.25.0``, then DEFAULT_IMAGE's
+    ``repl_rev``, then one more commit on the branch (a newer toolchain), so
+    a clone of anything but the asked-for tag shows.
+    """
+    assert OTHER_REPL_REV != DEFAULT_IMAGE.repl_rev
+    repo = root / "upstream-repl"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "master")
+    (repo / "lakefile.toml").write_text(
+        'name = "REPL"\ndefaultTargets = ["repl"]\n\n[[lean_lib]]\nname = "REPL"\n\n'
+        '[[lean_exe]]\nname = "repl"\nroot = "REPL.Main"\nsupportInterpreter = true\n'
+    )
+    (repo / "REPL").mkdir()
+    (repo / "REPL" / "Main.lean").write_text("def main (_ : List String) : IO Unit := pure ()\n")
+    who = ["-c", "user.name=stand-in", "-c", "user.email=stand-in@example.invalid"]
+    for rev, toolchain in [
+        (OTHER_REPL_REV, f"leanprover/lean4:{OTHER_REPL_REV}"),
+        (DEFAULT_IMAGE.repl_rev, DEFAULT_IMAGE.toolchain),
+        (None, "leanprover/lean4:v99.0.0-rc1"),
+    ]:
+        (repo / "lean-toolchain").write_text(toolchain + "\n")
+        git(repo, "add", ".")
+        git(repo, *who, "commit", "-qm", f"toolchain {toolchain}")
+        if rev:
+            git(repo, *who, "tag", "-a", rev, "-m", rev)
+    return f"file://{repo}"
+
+
+def install_repl(stand_in: StandIn, dest: Path, rev: str, *url: str, check: bool = True, **env: str):
+    stand_in.run("sh", CONTEXT / "install-elan.sh", DEFAULT_IMAGE.toolchain)
+    return stand_in.run(
+        "sh", CONTEXT / "install-repl.sh", dest, DEFAULT_IMAGE.toolchain, rev, *url, check=check, **env
+    )
+
+
+def test_install_repl_builds_the_pinned_tag_with_the_matching_toolchain(stand_in):
+    url = make_repl_upstream(stand_in.root)
+    dest = stand_in.root / "opt" / "repl"
+    result = install_repl(stand_in, dest, DEFAULT_IMAGE.repl_rev, url)
+    binary = dest / REPL_BIN
+    assert f"ready: {binary}" in result.stdout
+    assert os.access(binary, os.X_OK)
+    assert stand_in.run(binary).stdout == f"stand-in repl built with {DEFAULT_IMAGE.toolchain}\n"
+    # the tag's commit, not the branch's newer one, and only that commit (a shallow clone)
+    assert (dest / "lean-toolchain").read_text() == DEFAULT_IMAGE.toolchain + "\n"
+    assert git(dest, "describe", "--tags", "--exact-match", "HEAD") == DEFAULT_IMAGE.repl_rev
+    assert git(dest, "rev-list", "--count", "HEAD") == "1"
+    # nothing is left in TMPDIR
+    assert not list(Path(stand_in.env["TMPDIR"]).iterdir())
+
+
+def test_install_repl_refuses_a_repl_built_for_another_lean(stand_in):
+    url = make_repl_upstream(stand_in.root)
+    dest = stand_in.root / "opt" / "repl"
+    # the URL from the environment, as binder/postBuild's tests pass it
+    result = install_repl(stand_in, dest, OTHER_REPL_REV, check=False, REPL_URL=url)
+    assert result.returncode != 0
+    message = result.stderr
+    assert f"'leanprover/lean4:{OTHER_REPL_REV}'" in message and f"'{DEFAULT_IMAGE.toolchain}'" in message
+    assert f"tag named after the toolchain's version ({DEFAULT_IMAGE.lean_version})" in message
+    # refused before building: no binary, no half-made DEST
+    assert "Build completed" not in result.stdout
+    assert not dest.exists()
+    assert not list(Path(stand_in.env["TMPDIR"]).iterdir())
+
+
+def test_install_repl_refuses_a_tag_whose_toolchain_disagrees_with_its_name(stand_in):
+    """What counts is the clone's lean-toolchain file, not the tag's name."""
+    url = make_repl_upstream(stand_in.root)
+    upstream = Path(url.removeprefix("file://"))
+    who = ["-c", "user.name=stand-in", "-c", "user.email=stand-in@example.invalid"]
+    git(upstream, "checkout", "-q", OTHER_REPL_REV)
+    git(upstream, *who, "tag", "-a", "mislabelled", "-m", "mislabelled")
+    result = install_repl(stand_in, stand_in.root / "repl", "mislabelled", url, check=False)
+    assert result.returncode != 0
+    assert f"is built with 'leanprover/lean4:{OTHER_REPL_REV}'" in result.stderr
+    assert not (stand_in.root / "repl").exists()
+
+
+def test_install_repl_names_what_it_could_not_clone_or_overwrite(stand_in):
+    url = make_repl_upstream(stand_in.root)
+    result = install_repl(stand_in, stand_in.root / "repl", "v0.0.0-no-such-tag", url, check=False)
+    assert result.returncode != 0
+    assert f"could not clone {url} at v0.0.0-no-such-tag" in result.stderr
+    taken = stand_in.root / "taken"
+    taken.mkdir()
+    result = install_repl(stand_in, taken, DEFAULT_IMAGE.repl_rev, url, check=False)
+    assert result.returncode != 0 and f"{taken} already exists" in result.stderr
+    assert not list(taken.iterdir())
 
 
 # --- build_image on the real engine ------------------------------------------
