@@ -16,6 +16,7 @@ import pytest
 from atp_notebook.backends.base import (
     CANCEL_EXIT_CODE,
     TIMEOUT_EXIT_CODE,
+    AtpError,
     ComputeBackend,
     SessionClosedError,
 )
@@ -29,6 +30,22 @@ PROC_STATE = (
 
 def proc_state(session, pidfile: str) -> str:
     return session.exec(f"set -- {pidfile}; {PROC_STATE}").wait().stdout.strip()
+
+
+def take_lines(cursor, n: int, timeout_s: float = 15) -> list[str]:
+    """The next ``n`` stdout lines from ``cursor`` (fewer if the command ends or time runs out)."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while len(lines) < n and time.monotonic() < deadline:
+        batch, done = cursor.take(deadline - time.monotonic())
+        lines += batch
+        if done:
+            break
+    return lines
+
+
+#: Echoes each line of stdin back as "got <line>" until EOF.
+ECHO_LOOP = 'while read -r l; do echo "got $l"; done; echo bye'
 
 
 class ContractTests:
@@ -116,6 +133,101 @@ class ContractTests:
         handle.cancel()
         assert handle.wait() == result
         assert result.exit_code == 4
+
+    def test_timeout_zero_means_no_timeout(self, backend, tmp_path):
+        with backend.session(tmp_path, timeout_s=1) as session:
+            result = session.exec("sleep 2; echo slept", timeout_s=0).wait()
+        assert (result.exit_code, result.stdout) == (0, "slept\n")
+
+    # -- stdin -------------------------------------------------------------------
+    def test_stdin_round_trip_each_line_answered_before_the_next(self, session):
+        handle = session.exec(ECHO_LOOP, stdin=True, timeout_s=0)
+        cursor = handle.cursor()
+        handle.write("a\n")
+        assert take_lines(cursor, 1) == ["got a"]  # answered now, not at EOF
+        handle.write(b"b\n")
+        assert take_lines(cursor, 1) == ["got b"]
+        assert not handle.finished
+        handle.close_stdin()
+        handle.close_stdin()  # idempotent
+        result = handle.wait()
+        assert (result.exit_code, result.stdout) == (0, "got a\ngot b\nbye\n")
+
+    def test_stdin_utf8_and_megabytes_echoed_back_do_not_deadlock(self, session):
+        big = "x" * (3 << 20)
+        handle = session.exec('read -r first; echo "$first"; cat', stdin=True, timeout_s=120)
+        handle.write("héllo ∀ x, x = x 🦆\n")
+        handle.write(big + "\n")  # more than any pipe holds, while it comes back
+        handle.close_stdin()
+        result = handle.wait()
+        assert result.exit_code == 0
+        assert result.stdout == "héllo ∀ x, x = x 🦆\n" + big + "\n"
+
+    def test_concurrent_writes_never_interleave(self, session):
+        handle = session.exec("cat", stdin=True, timeout_s=60)
+        lines = {f"{t}:" + str(t) * 5000 for t in range(4)}
+
+        def feed(line: str) -> None:
+            for _ in range(20):
+                handle.write(line + "\n")
+
+        threads = [threading.Thread(target=feed, args=(line,)) for line in lines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        handle.close_stdin()
+        out = handle.wait().stdout.splitlines()
+        assert len(out) == 80 and set(out) == lines
+
+    def test_write_after_the_command_ended_raises(self, session):
+        handle = session.exec('read -r l; echo "got $l"', stdin=True, timeout_s=0)
+        handle.write("one\n")
+        assert handle.wait().stdout == "got one\n"
+        with pytest.raises(BrokenPipeError):
+            handle.write("two\n")
+        handle.close_stdin()  # a no-op now
+
+    def test_writing_to_a_command_that_exits_unread_fails_soon(self, session):
+        handle = session.exec("exit 0", stdin=True, timeout_s=0)
+        errors: list[BaseException] = []
+
+        def feed() -> None:
+            try:
+                while True:
+                    handle.write(b"x" * 65536)
+                    time.sleep(0.01)
+            except OSError as exc:
+                errors.append(exc)
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        writer.join(20)
+        assert not writer.is_alive(), "a write to a command that had exited hung"
+        assert errors
+        assert handle.wait().exit_code == 0
+
+    def test_without_stdin_a_command_reads_eof_and_write_is_refused(self, session):
+        handle = session.exec("cat; echo done", timeout_s=10)
+        with pytest.raises(AtpError, match="stdin=True"):
+            handle.write("x\n")
+        handle.close_stdin()  # nothing to close: a no-op
+        result = handle.wait()
+        assert (result.exit_code, result.stdout) == (0, "done\n")
+
+    def test_cancel_kills_an_interactive_command_and_keeps_the_session(self, session):
+        handle = session.exec("echo ready; " + ECHO_LOOP, stdin=True, timeout_s=0)
+        cursor = handle.cursor()
+        assert take_lines(cursor, 1) == ["ready"]
+        handle.write("a\n")
+        assert take_lines(cursor, 1) == ["got a"]
+        handle.cancel()
+        result = handle.wait()
+        assert result.exit_code == CANCEL_EXIT_CODE
+        assert result.duration_s < 15
+        with pytest.raises(BrokenPipeError):
+            handle.write("late\n")
+        assert session.exec("echo still here").wait().stdout == "still here\n"
 
     # -- environment -------------------------------------------------------------
     def test_env_precedence(self, make_backend, tmp_path):

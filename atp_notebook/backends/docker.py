@@ -13,6 +13,9 @@ low-level API (``client.api``): ``create_container``/``start``,
   (only what changed), as they must with a remote engine or Docker Desktop;
   its ``run(script, stdin)`` is :meth:`DockerSession.run_script` (stdin down
   the exec's socket, raw multiplexed frames back).
+* **Stdin.** A command's stdin is empty, or with ``exec(..., stdin=True)``
+  the exec's socket: written as the caller goes, output read off the same
+  socket as it arrives (:class:`DockerExec`).
 * **Killing.** Docker cannot kill an exec. Each command's exec carries a
   unique tag in its environment (:func:`~atp_notebook.backends.machinery.tagged_env`),
   which all its descendants inherit; a cancel or timeout runs
@@ -34,6 +37,7 @@ low-level API (``client.api``): ``create_container``/``start``,
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import socket
@@ -161,17 +165,35 @@ class DockerConfig(BackendConfig):
 
 
 class DockerExec(Transport):
-    """One ``docker exec``: output frames as they arrive, exit code from ``exec_inspect``."""
+    """One ``docker exec``: output frames as they arrive, exit code from ``exec_inspect``.
 
-    def __init__(self, session: DockerSession, command: str, env: Mapping[str, str]) -> None:
+    Without stdin, output comes from docker-py's demultiplexed stream. With
+    ``stdin=True`` the exec is attached to a raw socket
+    (``exec_start(socket=True)``): :meth:`write` sends on it and the output
+    frames are read off it as they arrive. :meth:`close_stdin` shuts the
+    socket's write side (EOF), except over TLS/SSH (see
+    :attr:`DockerSession.stdin_by_socket`), where that would end the whole
+    connection: there it does nothing, and stdin stays open until the
+    command exits.
+    """
+
+    def __init__(self, session: DockerSession, command: str, env: Mapping[str, str], *, stdin: bool = False) -> None:
         self._session = session
         self._token = uuid.uuid4().hex
         self._started = time.time()
         self._code: int | None = None
         self._kill_sent = False
         self._lock = threading.Lock()
-        self._exec_id = session.exec_create(command, env=tagged_env(env, self._token))
-        self._stream = session.call(session.api.exec_start, self._exec_id, stream=True, demux=True)
+        self._exec_id = session.exec_create(command, env=tagged_env(env, self._token), stdin=stdin)
+        self._sock: Any = None  # stdin mode: what exec_start returns, and the socket under it
+        self._raw: Any = None
+        if stdin:
+            self._sock = session.call(session.api.exec_start, self._exec_id, socket=True)
+            self._raw = _raw(self._sock)
+            _no_timeout(self._sock)  # a command may read (and print) nothing for hours
+            self._stream: Any = frames_iter(self._sock, tty=False)
+        else:
+            self._stream = session.call(session.api.exec_start, self._exec_id, stream=True, demux=True)
 
     def sources(self) -> list[Iterable[Chunk]]:
         return [self._frames()]
@@ -179,13 +201,20 @@ class DockerExec(Transport):
     def _frames(self) -> Iterator[Chunk]:
         """stdout/stderr as they come; then the exit code, and why if SIGKILL came from elsewhere."""
         try:
-            for out, err in self._stream:
-                if out:
-                    yield 1, out
-                if err:
-                    yield 2, err
+            if self._sock is None:
+                for out, err in self._stream:
+                    if out:
+                        yield 1, out
+                    if err:
+                        yield 2, err
+            else:
+                for fd, data in self._stream:
+                    if data:
+                        yield (2 if fd == 2 else 1), data
         finally:
-            _close_quietly(self._stream)
+            for resource in (self._stream, self._sock, self._raw):
+                if resource is not None:
+                    _close_quietly(resource)
         code = self.wait()
         if code == _SIGKILL_EXIT and not self._kill_sent:
             note = self._session.explain_sigkill(self._started)
@@ -204,6 +233,18 @@ class DockerExec(Transport):
 
     def poll(self) -> int | None:
         return self._code
+
+    def write(self, data: bytes) -> None:
+        if self._raw is None:
+            return super().write(data)  # raises: no stdin
+        try:
+            self._raw.sendall(data)
+        except OSError as exc:
+            raise BrokenPipeError(errno.EPIPE, "The command has ended: it reads no more input.") from exc
+
+    def close_stdin(self) -> None:
+        if self._raw is not None and self._session.stdin_by_socket:
+            self._raw.shutdown(socket.SHUT_WR)
 
     def kill(self) -> None:
         """Kill the command's tagged processes from a second exec, on a thread."""
@@ -263,8 +304,8 @@ class DockerSession(ManagedSession):
             self._sync = sync.TwoWaySync(self.workdir, sync.RemoteTree(self.run_script, self.sandbox_workdir))
 
     # -- ManagedSession hooks -----------------------------------------------------------------
-    def _spawn(self, command: str, env: Mapping[str, str]) -> Transport:
-        return DockerExec(self, command, env)
+    def _spawn(self, command: str, env: Mapping[str, str], *, stdin: bool = False) -> Transport:
+        return DockerExec(self, command, env, stdin=stdin)
 
     def _check_alive(self) -> None:
         """Free: a dead container is found when the next exec fails (then inspected once)."""
@@ -669,9 +710,21 @@ def describe_state(state: Mapping[str, Any], memory: str | None = None, kill_sig
     return cause
 
 
+def _raw(sock: Any) -> Any:
+    """The socket under what ``exec_start(socket=True)`` returns (a ``SocketIO`` over a local engine)."""
+    return getattr(sock, "_sock", sock)
+
+
+def _no_timeout(sock: Any) -> None:
+    """Let reads and writes on an exec's socket wait as long as the command (the client's timeout doesn't apply)."""
+    for s in (sock, _raw(sock)):
+        if hasattr(s, "settimeout"):
+            s.settimeout(None)
+
+
 def _send_and_shut(sock: Any, data: bytes) -> None:
     """Write ``data`` to an exec's socket, then shut its write side (the process sees EOF)."""
-    raw = getattr(sock, "_sock", sock)
+    raw = _raw(sock)
     try:
         raw.sendall(data)
     except OSError:

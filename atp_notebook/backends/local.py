@@ -8,6 +8,7 @@ you don't trust.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import selectors
@@ -51,21 +52,29 @@ class LocalConfig(BackendConfig):
 
 
 class LocalProcess(Transport):
-    """A ``/bin/sh -c`` subprocess leading its own process group."""
+    """A ``/bin/sh -c`` subprocess leading its own process group.
 
-    def __init__(self, command: str, *, cwd: Path, env: Mapping[str, str], grace_s: float) -> None:
+    Its stdin is ``/dev/null``, or with ``stdin=True`` a pipe written
+    unbuffered (:meth:`write` returns once the pipe holds the data; it blocks
+    while the pipe is full and the command does not read).
+    """
+
+    def __init__(
+        self, command: str, *, cwd: Path, env: Mapping[str, str], grace_s: float, stdin: bool = False
+    ) -> None:
         self._grace_s = grace_s
         self._proc = subprocess.Popen(  # noqa: S603 - running the user's command is the point
             ["/bin/sh", "-c", command],
             cwd=cwd,
             env=dict(env),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: we kill the whole tree
         )
-        for pipe in (self._proc.stdout, self._proc.stderr):
-            _widen(pipe)
+        for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                _widen(pipe)
 
     def sources(self) -> list[Iterable[Chunk]]:
         return [self._drain()]
@@ -88,6 +97,18 @@ class LocalProcess(Transport):
     def wait(self) -> int:
         code = self._proc.wait()
         return 128 - code if code < 0 else code
+
+    def write(self, data: bytes) -> None:
+        pipe = self._proc.stdin
+        if pipe is None or pipe.closed:
+            raise BrokenPipeError(errno.EPIPE, "The command's stdin is closed.")
+        view = memoryview(data)
+        while view:  # os.write, not the buffered file: nothing lingers in a buffer
+            view = view[os.write(pipe.fileno(), view) :]
+
+    def close_stdin(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
 
     def poll(self) -> int | None:
         return self._proc.poll()
@@ -125,8 +146,10 @@ class LocalSession(ManagedSession):
         # A host with a warm Mathlib project of its own (Binder, a dev box) says where.
         self.baked_lake = os.environ.get(BAKED_LAKE_ENV) or self.baked_lake
 
-    def _spawn(self, command: str, env: Mapping[str, str]) -> Transport:
-        return LocalProcess(command, cwd=self.workdir, env={**os.environ, **env}, grace_s=self._grace_s)
+    def _spawn(self, command: str, env: Mapping[str, str], *, stdin: bool = False) -> Transport:
+        return LocalProcess(
+            command, cwd=self.workdir, env={**os.environ, **env}, grace_s=self._grace_s, stdin=stdin
+        )
 
     def _teardown(self) -> None:
         """Nothing to release: the workdir stays where it is."""

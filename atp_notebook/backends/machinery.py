@@ -7,7 +7,10 @@ command's whole process tree. Everything else lives here once:
 * :class:`StreamingHandle` drains every source on its own thread (stdout and
   stderr never deadlock), splits stdout into lines as they arrive, decodes
   UTF-8 with replacement, enforces the timeout (exit ``124``) and cancellation
-  (exit ``130``), and assembles the :class:`CommandResult`.
+  (exit ``130``), and assembles the :class:`CommandResult`. A command started
+  with ``exec(..., stdin=True)`` can be fed while it runs
+  (:meth:`StreamingHandle.write`, :meth:`StreamingHandle.close_stdin`);
+  any other command's stdin is empty (``/dev/null``).
 * :class:`ManagedSession` keeps the session bookkeeping: env precedence,
   default timeouts, the set of running commands, idempotent close, and the
   "closed" / "sandbox died" errors.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import codecs
+import errno
 import heapq
 import itertools
 import shlex
@@ -32,6 +36,7 @@ from pathlib import Path
 from atp_notebook.backends.base import (
     CANCEL_EXIT_CODE,
     TIMEOUT_EXIT_CODE,
+    AtpError,
     CommandHandle,
     CommandResult,
     ComputeBackend,
@@ -80,6 +85,18 @@ class Transport(abc.ABC):
     def poll(self) -> int | None:
         """The exit code if the command has already exited, else ``None``."""
         return None
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the command's stdin now (spawned with ``stdin=True`` only).
+
+        Raise :class:`BrokenPipeError` (or another :class:`OSError`) when the
+        command can no longer read it. Calls never overlap (the handle locks).
+        """
+        raise NotImplementedError(f"{type(self).__name__} takes no stdin")
+
+    def close_stdin(self) -> None:
+        """Close the command's stdin: it reads EOF once it has read what was sent."""
+        raise NotImplementedError(f"{type(self).__name__} takes no stdin")
 
 
 class _Watchdog:
@@ -150,6 +167,9 @@ class StreamingHandle(CommandHandle):
     serves both :meth:`stream` (a cursor over it) and :meth:`wait` (joined
     back). Lines are split from each chunk in bulk, never one by one: a flood
     of 100,000 lines costs a few list operations per chunk.
+
+    ``stdin=True`` says the transport was spawned with an open stdin, which
+    :meth:`write` feeds and :meth:`close_stdin` ends.
     """
 
     def __init__(
@@ -158,9 +178,13 @@ class StreamingHandle(CommandHandle):
         *,
         timeout_s: float | None = None,
         on_done: Callable[[StreamingHandle], None] | None = None,
+        stdin: bool = False,
     ) -> None:
         self._transport = transport
         self._timeout_s = timeout_s
+        self._stdin = stdin
+        self._stdin_closed = False
+        self._stdin_lock = threading.Lock()
         self._on_done = on_done
         self._started = time.monotonic()
         self._cond = threading.Condition()
@@ -271,6 +295,11 @@ class StreamingHandle(CommandHandle):
         code = self._transport.wait()
         if self._timer is not None:
             WATCHDOG.cancel(self._timer)
+        if self._stdin and self._stdin_lock.acquire(blocking=False):  # a blocked writer fails on its own
+            try:
+                self._close_stdin()
+            finally:
+                self._stdin_lock.release()
         with self._cond:
             self._flush()
             stderr = "".join(self._stderr)
@@ -292,6 +321,50 @@ class StreamingHandle(CommandHandle):
 
     def cancel(self) -> None:
         self._kill(CANCEL_EXIT_CODE)
+
+    # -- stdin ------------------------------------------------------------------
+    def write(self, data: bytes | str) -> None:
+        """Send ``data`` to the command's stdin at once (``str`` is UTF-8 encoded).
+
+        Only for a command started with ``exec(..., stdin=True)`` (else
+        :class:`AtpError`). Once the command has ended, or after
+        :meth:`close_stdin`, it raises :class:`BrokenPipeError` (a transport
+        may also raise another :class:`OSError`). Thread-safe: writes never
+        interleave. A write blocks while the command reads nothing and the
+        pipe or socket between them is full; :meth:`cancel` from another
+        thread ends it (with an :class:`OSError`).
+        """
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if not self._stdin:
+            raise AtpError("This command was started without stdin=True: it takes no input.")
+        with self._stdin_lock:
+            if self.finished:
+                raise BrokenPipeError(errno.EPIPE, "The command has ended: it reads no more input.")
+            if self._stdin_closed:
+                raise BrokenPipeError(errno.EPIPE, "The command's stdin was closed (close_stdin).")
+            if data:
+                self._transport.write(bytes(data))
+
+    def close_stdin(self) -> None:
+        """Close the command's stdin: it reads EOF after what was written.
+
+        Idempotent; a no-op for a command started without ``stdin=True``
+        (its stdin is empty already) or one that has ended.
+        """
+        if self._stdin:
+            with self._stdin_lock:
+                self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        """Close stdin once (stdin lock held)."""
+        if self._stdin_closed:
+            return
+        self._stdin_closed = True
+        try:
+            self._transport.close_stdin()
+        except OSError:
+            pass  # it stopped reading (ended): its stdin is gone anyway
 
     def _on_timeout(self) -> None:
         self._kill(TIMEOUT_EXIT_CODE)
@@ -427,8 +500,12 @@ class ManagedSession(ComputeSession):
 
     # -- hooks ------------------------------------------------------------------
     @abc.abstractmethod
-    def _spawn(self, command: str, env: Mapping[str, str]) -> Transport:
-        """Start ``command`` (already wrapped: cd + cache link) with ``env``."""
+    def _spawn(self, command: str, env: Mapping[str, str], *, stdin: bool = False) -> Transport:
+        """Start ``command`` (already wrapped: cd + cache link) with ``env``.
+
+        Its stdin is empty (``/dev/null``) unless ``stdin``: then the
+        transport's :meth:`~Transport.write` and :meth:`~Transport.close_stdin` feed it.
+        """
 
     @abc.abstractmethod
     def _teardown(self) -> None:
@@ -444,7 +521,14 @@ class ManagedSession(ComputeSession):
         *,
         env: Mapping[str, str] | None = None,
         timeout_s: int | None = None,
+        stdin: bool = False,
     ) -> StreamingHandle:
+        """Start ``command`` in the sandbox; ``timeout_s=0`` means no timeout.
+
+        ``stdin=True`` keeps the command's stdin open for
+        :meth:`StreamingHandle.write` (a long-lived process fed requests
+        while its output streams back); otherwise it reads an empty stdin.
+        """
         if self._closed:
             raise SessionClosedError(
                 f"This {self.backend.name} session is closed; open a new one "
@@ -452,9 +536,9 @@ class ManagedSession(ComputeSession):
             )
         self._check_alive()
         wrapped = wrap_command(self.sandbox_workdir, self.baked_lake, command)
-        transport = self._spawn(wrapped, {**self._env, **(env or {})})
+        transport = self._spawn(wrapped, {**self._env, **(env or {})}, stdin=stdin)
         timeout = self._timeout_s if timeout_s is None else timeout_s
-        handle = StreamingHandle(transport, timeout_s=timeout, on_done=self._forget)
+        handle = StreamingHandle(transport, timeout_s=timeout, on_done=self._forget, stdin=stdin)
         with self._lock:
             self._running.add(handle)
         return handle

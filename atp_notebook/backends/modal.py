@@ -21,7 +21,10 @@ Commands
     from a second exec
     (:func:`~atp_notebook.backends.machinery.remote_kill_script`). Modal's
     own exec ``timeout`` is set a minute past ours as a backstop; an exec
-    Modal timed out reports ``-1``, mapped to ``124``.
+    Modal timed out reports ``-1``, mapped to ``124``. A command's stdin is
+    ``/dev/null`` unless it is exec'd with ``stdin=True``: then each
+    :meth:`~atp_notebook.backends.machinery.StreamingHandle.write` is one
+    ``process.stdin.write`` + ``drain``: a round trip per MiB, sent at once.
 
 Files
     Always copied, through :mod:`atp_notebook.sync`: each direction scans both
@@ -54,6 +57,7 @@ Event loops
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import logging
 import shlex
@@ -259,6 +263,27 @@ class ModalProcess(Transport):
             return None
         return TIMEOUT_EXIT_CODE if code == -1 else code
 
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), _STDIN_CHUNK):
+            self._send(view[start : start + _STDIN_CHUNK])
+
+    def close_stdin(self) -> None:
+        if self._code is None:  # an ended command's stdin is gone already
+            self._send(None)
+
+    def _send(self, data: memoryview | None) -> None:
+        """Send ``data`` (``None``: EOF) to the process now; an SDK refusal is a :class:`BrokenPipeError`."""
+        stdin = self._process.stdin
+        try:
+            if data is None:
+                stdin.write_eof()
+            else:
+                stdin.write(data)
+            _off_loop(stdin.drain)
+        except (ValueError, _sdk().exception.Error) as exc:  # ValueError: the SDK's "stdin is closed"
+            raise BrokenPipeError(errno.EPIPE, f"The command reads no more input: {exc}") from exc
+
     def kill(self) -> None:
         with self._kill_lock:
             if self._killed:
@@ -368,13 +393,14 @@ class ModalSession(ManagedSession):
         *,
         env: Mapping[str, str] | None = None,
         timeout_s: int | None = None,
+        stdin: bool = False,
     ) -> StreamingHandle:
         timeout = self._timeout_s if timeout_s is None else timeout_s
 
         def run() -> StreamingHandle:
             self._local.timeout = timeout
             try:
-                return ManagedSession.exec(self, command, env=env, timeout_s=timeout_s)
+                return ManagedSession.exec(self, command, env=env, timeout_s=timeout_s, stdin=stdin)
             finally:
                 self._local.timeout = None
 
@@ -508,11 +534,11 @@ class ModalSession(ManagedSession):
             raise SandboxDiedError(cause)
 
     # -- commands --------------------------------------------------------------------
-    def _spawn(self, command: str, env: Mapping[str, str]) -> Transport:
+    def _spawn(self, command: str, env: Mapping[str, str], *, stdin: bool = False) -> Transport:
         modal = _sdk()
         token = uuid.uuid4().hex
-        # stdin is /dev/null for a command, as it is on the local backend
-        script = "exec 0</dev/null; " + command
+        # stdin is /dev/null for a command, as it is on the local backend, unless it is fed
+        script = command if stdin else "exec 0</dev/null; " + command
         kwargs: dict[str, Any] = {"env": tagged_env(env, token), "text": False}
         timeout = getattr(self._local, "timeout", None)
         if timeout:
