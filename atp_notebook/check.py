@@ -23,7 +23,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -35,6 +35,7 @@ from atp_notebook.backends.base import (
 )
 from atp_notebook.diagnostics import (
     Diagnostic,
+    Goal,
     Item,
     diagnostics,
     format_summary,
@@ -130,6 +131,15 @@ class CheckResult:
     shown:
         The messages a view shows: every error and warning, and the first
         :data:`SHOWN_INFO` information messages, in order.
+    engine:
+        ``"lean"``: the check command ran cold (``lake env lean --json``);
+        ``"repl"``: the file went through the session's Lean REPL.
+    warm:
+        The check reused a loaded environment: no import was elaborated for it
+        (a REPL check whose header was already loaded).
+    goals:
+        The goals at each ``sorry`` and before each tactic step
+        (:class:`~atp_notebook.diagnostics.Goal`), at the file's lines; REPL checks only.
     """
 
     def __init__(
@@ -149,6 +159,9 @@ class CheckResult:
         log_path: Path | None = None,
         interrupted: bool = False,
         backend: str = "",
+        engine: str = "lean",
+        warm: bool = False,
+        goals: Sequence[Goal] = (),
     ) -> None:
         self.exit_code = exit_code
         self.stdout = stdout
@@ -160,6 +173,9 @@ class CheckResult:
         self.log_path = log_path
         self.interrupted = interrupted
         self.backend = backend
+        self.engine = engine
+        self.warm = warm
+        self.goals = list(goals)
         self._json = json_output
         self._diagnostics = diagnostics
         if shown is None or counts is None:
@@ -220,11 +236,18 @@ class CheckResult:
             reason = _first_line(self.stderr) or _last_output_line(self.stdout)
             tail = f": {reason}" if reason else ""
             return f"{self.file}: the check exited with code {self.exit_code} and reported no error{tail}"
-        return f"{self.file}: ok ({self.summary()}, {self.duration_s:.2f} s)"
+        return f"{self.file}: ok ({self.summary()}, {self.duration_s:.2f} s{', warm' if self.warm else ''})"
+
+    @property
+    def how(self) -> str:
+        """``warm``, ``repl`` (the REPL loaded the imports for this check) or ``cold``."""
+        if self.engine != "repl":
+            return "cold"
+        return "warm" if self.warm else "repl"
 
     def __repr__(self) -> str:
         return (f"<CheckResult {self.file} ok={self.ok} exit_code={self.exit_code} "
-                f"{self.summary()} {self.duration_s:.2f}s>")
+                f"{self.summary()} {self.duration_s:.2f}s {self.how}>")
 
 
 def _first_line(text: str, limit: int = 160) -> str:

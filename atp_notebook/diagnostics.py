@@ -50,6 +50,8 @@ __all__ = [
     "parse_json_line",
     "parse_json_lines",
     "from_repl_message",
+    "to_json_line",
+    "Goal",
     "render_text",
     "render_one",
     "diagnostics",
@@ -379,6 +381,57 @@ def parse_json_line(line: str) -> Item:
             if diag is not None:
                 return diag
     return OutputLine(text)
+
+
+def to_json_line(diag: Diagnostic) -> str:
+    """``diag`` as one line of ``lean --json`` (the nine keys, sorted, compact, UTF-8 unescaped).
+
+    What a warm check prints for the messages it got from the REPL, so its
+    output reads exactly as a cold ``lake env lean --json`` check's.
+    """
+    end = None
+    if diag.end_line is not None:
+        end = {"column": diag.end_column if diag.end_column is not None else diag.column, "line": diag.end_line}
+    obj = {
+        "caption": "",
+        "data": diag.message,
+        "endPos": end,
+        "fileName": diag.file,
+        "isSilent": False,
+        "keepFullRange": False,
+        "kind": diag.kind or ("hasSorry" if diag.is_sorry else "[anonymous]"),
+        "pos": {"column": diag.column, "line": diag.line},
+        "severity": diag.severity,
+    }
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A goal Lean showed at a place of the file: at a ``sorry``, or before a tactic step.
+
+    Attributes:
+        line, column, end_line, end_column: Where (file lines, 1-based; columns 0-based).
+        goal: The goal(s) as Lean prints them (``h : p\n⊢ q``; several goals
+            are separated by blank lines). Empty once a proof is complete.
+        kind: ``"sorry"`` or ``"tactic"``.
+        tactic: The tactic's text (``kind == "tactic"``), else ``None``.
+    """
+
+    line: int
+    column: int
+    end_line: int | None
+    end_column: int | None
+    goal: str
+    kind: str
+    tactic: str | None = None
+
+    def render(self) -> str:
+        """``3:2 sorry`` / ``3:2 simp`` then the goal, indented."""
+        what = self.tactic if self.kind == "tactic" else "sorry"
+        head = f"{self.line}:{self.column} {what}"
+        body = "\n".join("  " + line if line else "" for line in (self.goal or "no goals").split("\n"))
+        return f"{head}\n{body}"
 
 
 def parse_json_lines(lines: Iterable[str] | str) -> list[Item]:

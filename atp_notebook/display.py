@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from atp_notebook.diagnostics import Diagnostic, Item, OutputLine, render_one
+from atp_notebook.diagnostics import Diagnostic, Goal, Item, OutputLine, render_one
 
 #: How a view turns a raw stdout line into an item (``parse_json_line`` for ``--json``).
 Parser = Callable[[str], Item]
@@ -48,6 +48,8 @@ __all__ = [
     "LiveView",
     "RunLog",
     "render_diagnostics_html",
+    "render_goals_html",
+    "render_goals_text",
     "render_source_html",
 ]
 
@@ -60,6 +62,8 @@ IDLE_INTERVAL_S = 1.0
 MAX_TABLE_ROWS = 200
 #: Lines of a cell's source shown with marks.
 MAX_SOURCE_LINES = 2000
+#: Goals listed under a cell (the rest are counted; ``result.goals`` has them all).
+MAX_GOALS = 100
 #: Characters of output gathered before the run log writes them to disk.
 _LOG_CHUNK = 1 << 18
 #: Run logs kept per workdir; older ones are deleted.
@@ -186,6 +190,7 @@ class LiveView:
         self.summary = ""
         self.duration_s: float | None = None
         self.diagnostics: Sequence[Diagnostic] = ()
+        self.goals: Sequence[Goal] = ()
         self.stderr = ""
         self._out = out
         self._err = err
@@ -253,12 +258,18 @@ class LiveView:
         duration_s: float | None = None,
         diagnostics: Sequence[Diagnostic] = (),
         stderr: str = "",
+        goals: Sequence[Goal] = (),
     ) -> None:
-        """Show the outcome. ``status`` is ``ok``, ``failed`` or ``interrupted``."""
+        """Show the outcome. ``status`` is ``ok``, ``failed`` or ``interrupted``.
+
+        ``goals`` (a REPL check's) are listed under the cell: collapsed in
+        rich mode, as text before the summary line in plain mode.
+        """
         self.phase = status
         self.summary = summary
         self.duration_s = duration_s if duration_s is not None else time.monotonic() - self.started
         self.diagnostics = diagnostics
+        self.goals = goals
         self.stderr = stderr
         if self.log is not None:
             if stderr:
@@ -271,6 +282,8 @@ class LiveView:
                 err.write(stderr if stderr.endswith("\n") else stderr + "\n")
                 err.flush()
             out = self._out or sys.stdout
+            if goals:
+                out.write(render_goals_text(goals) + "\n")
             out.write(self._status_line() + "\n")
             out.flush()
             return
@@ -343,6 +356,8 @@ class LiveView:
         parts = [self._status_line()]
         if self.lines:
             parts.append(self._tail_text())
+        if self.goals and self.phase != "running":
+            parts.append(render_goals_text(self.goals))
         if self.stderr:
             parts.append("stderr:\n" + self.stderr.rstrip("\n"))
         shown, _ = self._log_ref()
@@ -364,6 +379,8 @@ class LiveView:
                 parts.append(render_diagnostics_html(self.diagnostics))
             if self.source is not None and self.diagnostics:
                 parts.append(render_source_html(self.source, self.diagnostics))
+            if self.goals:
+                parts.append(render_goals_html(self.goals))
             if self.lines:
                 if self.source is not None:
                     lines = f"{self.total_lines} line{'s' if self.total_lines != 1 else ''}"
@@ -433,6 +450,33 @@ def render_diagnostics_html(diags: Sequence[Diagnostic], limit: int = MAX_TABLE_
         + "</tbody></table>"
         + more
     )
+
+
+def render_goals_text(goals: Sequence[Goal], limit: int = MAX_GOALS) -> str:
+    """``goals:`` then each goal's ``line:col what`` and the goal indented (the plain form)."""
+    parts = [f"goals ({len(goals)}):"]
+    parts += ["  " + g.render().replace("\n", "\n  ") for g in goals[:limit]]
+    if len(goals) > limit:
+        parts.append(f"  … and {len(goals) - limit} more (result.goals)")
+    return "\n".join(parts)
+
+
+def render_goals_html(goals: Sequence[Goal], limit: int = MAX_GOALS) -> str:
+    """A collapsed ``goals (N)`` section: per goal, ``line:col``, the tactic or ``sorry``, the goal."""
+    rows = []
+    for g in goals[:limit]:
+        what = (f'<code>{_e(g.tactic)}</code>' if g.kind == "tactic"
+                else '<span style="color: #b26a00">sorry</span>')
+        rows.append(
+            f'<div class="atp-goal" style="margin: 0.3em 0"><span style="opacity: 0.7">{g.line}:{g.column}</span> '
+            f'{what}<pre style="{_PRE}; margin: 0.1em 0 0 1.5em; background: rgba(127,127,127,0.08)">'
+            f"{_e(g.goal or 'no goals')}</pre></div>"
+        )
+    if len(goals) > limit:
+        rows.append(f'<div style="opacity: 0.7">… and {len(goals) - limit} more (result.goals)</div>')
+    sorries = sum(g.kind == "sorry" for g in goals)
+    label = f"goals ({len(goals)}" + (f", {sorries} sorr{'ies' if sorries != 1 else 'y'}" if sorries else "") + ")"
+    return f'<details class="atp-goals"><summary>{_e(label)}</summary>{"".join(rows)}</details>'
 
 
 def _spans(diags: Iterable[Diagnostic], lines: Sequence[str]) -> dict[int, list[tuple[int, int, Diagnostic]]]:

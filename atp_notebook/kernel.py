@@ -26,7 +26,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atp_notebook.backends import get_backend
 from atp_notebook.backends.base import (
@@ -37,6 +37,9 @@ from atp_notebook.backends.base import (
     SandboxDiedError,
 )
 from atp_notebook.images import DEFAULT_IMAGE, Image
+
+if TYPE_CHECKING:  # pragma: no cover
+    from atp_notebook.repl import WarmChecker
 
 __all__ = ["DEFAULT_WORKDIR", "KernelSession", "close_all"]
 
@@ -112,6 +115,11 @@ class KernelSession:
         self.last_sync: float | None = None  # time.time() of the last sync
         self.last_sync_report = ""
         self._handles: list[tuple[CommandHandle, str]] = []
+        #: Commands started so far: a header importing the project's own modules
+        #: is reloaded by the REPL after any command (a ``lake build`` may have run).
+        self.generation = 0
+        #: The session's Lean REPL and its loaded environments (:meth:`warm_checker`).
+        self.repl: WarmChecker | None = None
         self._phase = ""  # "opening", "syncing" while they last
         self._ever_closed = False
         self._lock = threading.RLock()
@@ -213,19 +221,25 @@ class KernelSession:
         env: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         sync_in: bool = True,
+        stdin: bool = False,
+        track: bool = True,
     ) -> CommandHandle:
         """Sync in (optionally) and start ``command`` in the session, streaming.
 
         If the sandbox died, the dead session is closed, a new one is opened
         and the command is started once more; the user is told. A second
-        death in a row is raised.
+        death in a row is raised. ``stdin=True`` keeps the command's stdin
+        open (``handle.write``). ``track=False`` is for the session's own
+        long-lived helpers (the Lean REPL): they are not listed as running
+        nor cancelled with the cells' commands, and don't count as a command
+        that may have changed the project (:attr:`generation`).
         """
         for attempt in (1, 2):
             session = self.ensure()
             try:
                 if sync_in:
                     self._sync(session, "in", announce=True)
-                handle = session.exec(command, env=env, timeout_s=timeout_s)  # type: ignore[arg-type]
+                handle = session.exec(command, env=env, timeout_s=timeout_s, stdin=stdin)  # type: ignore[arg-type,call-arg]
             except SandboxDiedError as exc:
                 if attempt == 2:
                     raise
@@ -235,7 +249,10 @@ class KernelSession:
                          "files only in the old sandbox are lost.")
                 self._discard()
                 continue
+            if not track:
+                return handle
             with self._lock:
+                self.generation += 1
                 self._handles = [(h, c) for h, c in self._handles if not _finished(h)]
                 self._handles.append((handle, command))
             self._changed()
@@ -273,8 +290,9 @@ class KernelSession:
         running = self.running
         for handle, _ in running:
             handle.cancel()
+        repl = self.repl.cancel() if self.repl is not None else False
         self._changed()
-        return len(running)
+        return len(running) + repl
 
     def sync(self, direction: str = "both") -> str:
         """Sync the workdir ``in`` (host → sandbox), ``out`` (back) or ``both``; returns a report."""
@@ -285,6 +303,32 @@ class KernelSession:
         for way in ("in", "out") if direction == "both" else (direction,):
             reports.append(self._sync(session, way))
         return "; ".join(reports)
+
+    def warm_checker(self, *, command: str | None = None, memory_mb: float | None = None,
+                     max_headers: int | None = None) -> WarmChecker:
+        """The session's :class:`~atp_notebook.repl.WarmChecker` (made on first use), with these settings.
+
+        A changed ``command`` stops the running REPL (the next check starts the new one).
+        """
+        from atp_notebook.repl import WarmChecker
+
+        with self._lock:
+            if self.repl is None:
+                self.repl = WarmChecker(self)
+            checker = self.repl
+        if command is not None and command != checker.command:
+            checker.close()
+            checker.command = command
+        if memory_mb is not None:
+            checker.memory_mb = memory_mb
+        if max_headers is not None:
+            checker.max_headers = max(1, max_headers)
+        return checker
+
+    def sync_in(self) -> str:
+        """Push the host's files into the sandbox (before a command that reads them)."""
+        session = self.ensure()
+        return self._sync(session, "in", announce=True)
 
     def sync_out(self) -> str:
         """Pull the sandbox's files back to the host (after a command)."""
@@ -323,6 +367,8 @@ class KernelSession:
         with self._lock:
             session, self.session = self.session, None
             self._handles = []
+        if self.repl is not None:
+            self.repl.close()
         if session is not None:
             self._ever_closed = True
             try:
@@ -335,6 +381,8 @@ class KernelSession:
         with self._lock:
             session, self.session = self.session, None
             self._handles = []
+        if self.repl is not None:
+            self.repl.reset()  # it died with the sandbox; its chain is replayed in the new one
         if session is not None:
             try:
                 session.close()
@@ -369,6 +417,7 @@ class KernelSession:
             "state": self.state,
             "last sync": last,
             "running": "; ".join(cmd for _, cmd in running) if running else "-",
+            "lean repl": self.repl.describe() if self.repl is not None else "not started",
         }
 
     def status_text(self) -> str:

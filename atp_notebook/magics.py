@@ -6,9 +6,12 @@
     %lean_sandbox use {auto,local,docker,modal} [--workdir DIR] [--image TAG] [--timeout S]
     %lean_sandbox status | sync [in|out] | restart | close
     %lean_sandbox run [--bg] [--timeout S] [--out NAME] [--no-raise] CMD...
-    %%lean_sandbox [FILE.lean] [--timeout S] [--out NAME] [--no-raise]
+    %%lean_sandbox [FILE.lean] [--chain] [--cold] [--timeout S] [--out NAME] [--no-raise]
 
-Defaults come from ``%config LeanSandbox.<option>`` (or ``c.LeanSandbox.<option>``
+Checks run warm through the session's Lean REPL where the sandbox has one
+(imports are loaded once per distinct header; ``--chain`` runs a cell in the
+environment left by the cell run before it), cold with ``lake env lean
+--json`` otherwise. Defaults come from ``%config LeanSandbox.<option>`` (or ``c.LeanSandbox.<option>``
 in an IPython profile); ``%config LeanSandbox`` lists them. The class is a
 :class:`~IPython.core.magic.Magics`, which is a traitlets ``Configurable``,
 as in jupysql.
@@ -30,7 +33,7 @@ from typing import Any
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Dict, Enum, Float, Int, Unicode, observe
+from traitlets import Bool, Dict, Enum, Float, Int, Unicode, observe
 
 from atp_notebook.backends import BACKEND_NAMES
 from atp_notebook.backends.base import AtpError, CommandHandle, CommandResult
@@ -52,6 +55,7 @@ from atp_notebook.diagnostics import parse_json_line
 from atp_notebook.display import LiveView, RunLog
 from atp_notebook.kernel import DEFAULT_WORKDIR, KernelSession
 from atp_notebook.project import prepare
+from atp_notebook.repl import DEFAULT_REPL_COMMAND, ReplUnavailable
 
 __all__ = ["BackgroundRun", "LeanSandbox", "load", "unload"]
 
@@ -60,7 +64,7 @@ LINE_USAGE = """\
 %lean_sandbox use {auto,local,docker,modal} [--workdir DIR] [--image TAG] [--timeout S] [--option KEY=VALUE]...
 %lean_sandbox status | sync [in|out] | restart | close
 %lean_sandbox run [--bg] [--timeout S] [--out NAME] [--no-raise] CMD..."""
-CELL_USAGE = "%%lean_sandbox [FILE.lean] [--timeout S] [--out NAME] [--no-raise]"
+CELL_USAGE = "%%lean_sandbox [FILE.lean] [--chain] [--cold] [--timeout S] [--out NAME] [--no-raise]"
 
 
 def _is_zmq_shell(shell: Any) -> bool:
@@ -149,6 +153,21 @@ class LeanSandbox(Magics):
     ``tail_lines``, ``update_interval``
         Lines the live view keeps (the full log is on disk) and the shortest
         time between two of its updates.
+    ``engine``
+        ``auto`` (default): checks go through the session's Lean REPL, warm,
+        where the sandbox has one, else cold with ``check_command`` (said
+        once); ``repl``: the REPL or an error; ``lean``: always cold. A
+        ``check_command`` changed from the default means cold under ``auto``.
+    ``mode``
+        ``file`` (default): each cell is a file checked on its own; ``chain``:
+        each cell runs in the environment left by the cell run before it,
+        like Python cells (the same as ``%%lean_sandbox --chain``).
+    ``goals``
+        Show the goals at each ``sorry`` and before each tactic step under
+        the cell (REPL checks; default True).
+    ``repl_command``, ``repl_memory_mb``, ``repl_max_headers``
+        How the REPL starts (``lake env repl``), the resident memory (MiB)
+        past which it is restarted, and how many import headers stay loaded.
     """
 
     backend = Enum(BACKEND_NAMES, default_value="auto", help="auto, local, docker or modal").tag(config=True)
@@ -162,6 +181,14 @@ class LeanSandbox(Magics):
     view = Enum(("auto", "rich", "plain"), default_value="auto", help="How runs are shown").tag(config=True)
     tail_lines = Int(200, help="Output lines the live view keeps").tag(config=True)
     update_interval = Float(0.1, help="Shortest time (s) between two live-view updates").tag(config=True)
+    engine = Enum(("auto", "repl", "lean"), default_value="auto",
+                  help="auto: the Lean REPL where there is one; repl: only the REPL; lean: always cold").tag(config=True)
+    mode = Enum(("file", "chain"), default_value="file",
+                help="file: cells checked on their own; chain: each cell continues the one run before").tag(config=True)
+    goals = Bool(True, help="Show goals at sorries and tactic steps (REPL checks)").tag(config=True)
+    repl_command = Unicode(DEFAULT_REPL_COMMAND, help="How the Lean REPL is started in the workdir").tag(config=True)
+    repl_memory_mb = Float(12288.0, help="Restart the REPL past this resident memory (MiB); 0: never").tag(config=True)
+    repl_max_headers = Int(4, help="Import headers the REPL keeps loaded").tag(config=True)
     backend_options = Dict(
         {}, help="Fields of the backend's config, e.g. {'sync': 'copy', 'memory': '8g'} for docker"
     ).tag(config=True)
@@ -186,7 +213,7 @@ class LeanSandbox(Magics):
         print(text, flush=True)
 
     @property
-    def mode(self) -> str:
+    def view_mode(self) -> str:
         """``rich`` or ``plain``: how runs are shown in this shell."""
         if self.view != "auto":
             return self.view
@@ -216,6 +243,10 @@ class LeanSandbox(Magics):
     @magic_arguments.magic_arguments("%lean_sandbox")
     @magic_arguments.argument("file", nargs="?", metavar="FILE.lean",
                               help="file to write the cell to, relative to the workdir (default: Scratch.lean)")
+    @magic_arguments.argument("--chain", action="store_true",
+                              help="run in the environment left by the cell run before (needs the Lean REPL)")
+    @magic_arguments.argument("--cold", action="store_true",
+                              help="check cold with the check command, not through the REPL")
     @magic_arguments.argument("--timeout", type=float, metavar="S", help="seconds before the check is killed")
     @magic_arguments.argument("--out", metavar="NAME", help="store the CheckResult in this variable")
     @magic_arguments.argument("--no-raise", action="store_true", dest="no_raise",
@@ -243,6 +274,9 @@ class LeanSandbox(Magics):
             raise _usage(f"FILE must be a .lean file, not {file!r}.", CELL_USAGE)
         _check_name(args.out, CELL_USAGE)
         _check_timeout(args.timeout, CELL_USAGE)
+        chain = args.chain or self.mode == "chain"
+        if chain and (args.cold or self.engine == "lean"):
+            raise _usage("--chain needs the Lean REPL: drop --cold (or set LeanSandbox.engine to auto).", CELL_USAGE)
         kernel = self.kernel
         try:
             cell_path(kernel.workdir, file)
@@ -260,12 +294,14 @@ class LeanSandbox(Magics):
             self._say(created.describe() + ("" if created.warm else _project_hint(self._backend_label())))
         rel = relative_name(workdir, path)
         command = build_command(self.check_command, rel)
-        log = RunLog(workdir, rel, header=f"$ {command}\n# backend: {self._backend_label()}, workdir: {workdir}")
+        warm = self._use_repl(args.cold, chain)
+        shown = f"Lean REPL ({self.repl_command})" if warm else command
+        log = RunLog(workdir, rel, header=f"$ {shown}\n# backend: {self._backend_label()}, workdir: {workdir}")
         view = LiveView(
             title=rel,
             backend=self._backend_label(),
-            command=command,
-            mode=self.mode,
+            command=shown,
+            mode=self.view_mode,
             source=cell if cell.endswith("\n") or not cell else cell + "\n",
             log=log,
             tail=self.tail_lines,
@@ -274,9 +310,15 @@ class LeanSandbox(Magics):
         )
         self.last_view = view
         view.start()
+        text = view.source or ""
         try:
-            result = run_check(kernel, rel, command=self.check_command,
-                               timeout_s=self._timeout(args.timeout), sink=view)
+            result = None
+            if warm:
+                result = self._check_warm(rel, text, file_given=args.file, chain=chain,
+                                          timeout_s=self._timeout(args.timeout), view=view)
+            if result is None:
+                result = run_check(kernel, rel, command=self.check_command,
+                                   timeout_s=self._timeout(args.timeout), sink=view)
         except KeyboardInterrupt:  # a second interrupt while the command was being killed
             view.finish(status="interrupted", summary="interrupted")
             raise LeanCheckInterrupted(f"{rel}: interrupted; the command is being killed, the session kept") from None
@@ -294,13 +336,59 @@ class LeanSandbox(Magics):
         else:
             status = "failed"
             summary = result.summary() if result.errors else result.headline().split(": ", 1)[-1]
+        if result.engine == "repl" and not result.interrupted:
+            summary += " · warm" if result.warm else " · imports loaded"
         view.finish(status=status, summary=summary, duration_s=result.duration_s,
-                    diagnostics=result.shown, stderr=result.stderr)
+                    diagnostics=result.shown, stderr=result.stderr, goals=result.goals)
         self._store(args.out, result)
         if result.interrupted:
             raise LeanCheckInterrupted(result.headline(), result)
         if not result.ok and not args.no_raise:
             raise LeanCheckFailed(result)
+
+    def _use_repl(self, cold: bool, chain: bool) -> bool:
+        """Whether this check goes through the Lean REPL (see ``engine``)."""
+        if cold or self.engine == "lean":
+            return False
+        if self.engine == "repl" or chain:
+            return True
+        checker = self.kernel.repl
+        if checker is not None and checker.unavailable:
+            return False  # said once already; checks run cold
+        return self.check_command == DEFAULT_CHECK_COMMAND
+
+    def _check_warm(self, rel: str, text: str, *, file_given: str | None, chain: bool,
+                    timeout_s: float | None, view: LiveView) -> Any:
+        """A check through the REPL; None when the sandbox has none and a cold check may stand in."""
+        checker = self.kernel.warm_checker(command=self.repl_command, memory_mb=self.repl_memory_mb,
+                                           max_headers=self.repl_max_headers)
+        cell = (file_given or self._cell_id()) if chain else None
+        try:
+            return checker.check(rel, text, cell=cell, chain=chain, goals=self.goals,
+                                 timeout_s=timeout_s, sink=view)
+        except ReplUnavailable as exc:
+            if self.engine == "repl" or chain:
+                raise LeanSandboxError(
+                    f"No Lean REPL in this sandbox ({exc}). --chain and LeanSandbox.engine = 'repl' need it: "
+                    "use the project's image (atp-notebook image build), or put `repl` on the sandbox's PATH."
+                ) from None
+            self._say(f"No Lean REPL in this sandbox ({_one_line(str(exc))}): checks run cold with "
+                      f"`{self.check_command}`, loading their imports every time. The project's image "
+                      "carries the REPL (atp-notebook image build).")
+            view.command = build_command(self.check_command, rel)
+            return None
+
+    def _cell_id(self) -> str | None:
+        """The notebook's id of the running cell (JupyterLab and Notebook 7 send it), else None."""
+        running = getattr(getattr(self.shell, "displayhook", None), "exec_result", None)
+        cell_id = getattr(getattr(running, "info", None), "cell_id", None)
+        if isinstance(cell_id, str) and cell_id:
+            return cell_id
+        get_parent = getattr(self.shell, "get_parent", None)
+        parent = get_parent() if callable(get_parent) else None
+        metadata = parent.get("metadata") if isinstance(parent, dict) else None
+        cell_id = metadata.get("cellId") if isinstance(metadata, dict) else None
+        return cell_id if isinstance(cell_id, str) and cell_id else None
 
     # -- %lean_sandbox ----------------------------------------------------------------------------
     @no_var_expand
@@ -369,7 +457,7 @@ class LeanSandbox(Magics):
 
     def _status(self, rest: str) -> Any:
         self._no_args("status", rest)
-        if self.mode == "rich" and _widgets_available():
+        if self.view_mode == "rich" and _widgets_available():
             from IPython.display import display
 
             from atp_notebook.widgets import SessionPanel
@@ -420,7 +508,7 @@ class LeanSandbox(Magics):
         title = f"$ {command if len(command) <= 80 else command[:79] + '…'}"
         first = command.split()[0] if command.split() else "run"
         log = RunLog(kernel.workdir, f"run-{first}", header=f"$ {command}")
-        view = LiveView(title=title, backend=self._backend_label(), mode=self.mode, log=log,
+        view = LiveView(title=title, backend=self._backend_label(), mode=self.view_mode, log=log,
                         tail=self.tail_lines, interval=self.update_interval)
         self.last_view = view
         view.start()
@@ -512,6 +600,11 @@ def _split_run(rest: str) -> tuple[_RunOptions, str]:
             raise _usage(f"Unknown option {word!r} for `run` (valid: --bg, --timeout S, --out NAME, "
                          "--no-raise; put `--` before a command that starts with a dash).", LINE_USAGE)
         return opts, text
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else text
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 from atp_notebook import display as display_module
 from atp_notebook.diagnostics import Diagnostic, OutputLine, parse_json_line
 from atp_notebook.display import LiveView, RunLog, render_diagnostics_html, render_source_html
-from tests.test_magics import cell, ip, magics_of, rich  # noqa: F401 - fixtures
+from tests.conftest import cell, magics_of
 
 FLOOD = 100_000
 JSON_INFO = (

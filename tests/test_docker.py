@@ -19,7 +19,7 @@ import pytest
 
 from atp_notebook.backends.base import AtpError, BackendUnavailableError, SandboxDiedError
 from tests.conftest import in_ci, unavailable
-from tests.contract import ContractTests, proc_state
+from tests.contract import ECHO_LOOP, ContractTests, proc_state, take_lines
 from tests.docker_image import BAKED_LAKE, STANDIN, WORKDIR, ImageUnavailable, ensure_test_image
 
 
@@ -486,6 +486,33 @@ def test_copy_mode_stdin_staged_by_put_archive(docker_backend, tmp_path):
         assert session.exec("cat b.txt; ls -a /tmp | grep -c atp-stdin || true").wait().stdout == "two\n0\n"
 
 
+def test_interactive_stdin_outlasts_the_client_timeout(docker_backend, tmp_path, monkeypatch):
+    """The exec socket waits as long as the command: a write blocked longer than the client's timeout goes on."""
+    def impatient(base_url=None):
+        return connect_docker(timeout=1, base_url=base_url)
+
+    monkeypatch.setattr("atp_notebook.backends.docker.connect_docker", impatient)
+    with docker_backend().session(tmp_path) as session:
+        handle = session.exec("sleep 2.5; wc -c", stdin=True, timeout_s=0)
+        handle.write(b"x" * (8 << 20))  # far more than the socket and pipe buffers: blocks until `wc` reads
+        handle.close_stdin()
+        assert handle.wait().stdout.strip() == str(8 << 20)
+
+
+def test_interactive_stdin_without_half_close(docker_backend, tmp_path):
+    """Over TLS/SSH the socket can't be half-closed: close_stdin does nothing, writing still works."""
+    with docker_backend().session(tmp_path) as session:
+        session.stdin_by_socket = False
+        handle = session.exec(ECHO_LOOP, stdin=True, timeout_s=0)
+        handle.write("a\n")
+        assert take_lines(handle.cursor(), 1) == ["got a"]
+        handle.close_stdin()
+        time.sleep(0.5)
+        assert not handle.finished  # no EOF reached it
+        handle.cancel()
+        assert handle.wait().exit_code == 130
+
+
 def test_run_script_returns_raw_bytes_and_exit_code(docker_backend, tmp_path):
     with docker_backend(sync="copy").session(tmp_path) as session:
         code, out, err = session.run_script("cat; printf '\\377' >&2; exit 5", bytes(range(256)) * 1000)
@@ -553,3 +580,18 @@ def test_gc_never_touches_containers_without_our_label(docker_client, test_image
         assert container_exists(docker_client, created["Id"])
     finally:
         docker_client.api.remove_container(created["Id"], force=True)
+
+
+# -- warm checks through the Lean REPL (the stand-in) in a container ------------------------------
+
+
+def test_warm_checks_in_a_container(docker_backend, sync_mode, tmp_path):
+    from atp_notebook.kernel import KernelSession
+    from tests.test_repl import exercise_warm_checks
+
+    kernel = KernelSession("docker", workdir=tmp_path / "work", say=lambda _: None,
+                           backend_factory=lambda name, **c: docker_backend(sync=sync_mode))
+    try:
+        exercise_warm_checks(kernel)
+    finally:
+        kernel.close()

@@ -179,7 +179,7 @@ def test_listeners_hear_state_changes_and_bound_methods_are_held_weakly(kernel):
 def test_status_text_lines_up(kernel):
     kernel.ensure()
     lines = kernel.status_text().splitlines()
-    assert [line.split()[0] for line in lines] == ["backend", "image", "workdir", "state", "last", "running"]
+    assert [line.split()[0] for line in lines] == ["backend", "image", "workdir", "state", "last", "running", "lean"]
     assert lines[3].endswith("idle")
 
 

@@ -16,33 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-from IPython.core.displaypub import CapturingDisplayPublisher
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
-from atp_notebook.backends import get_backend
 from atp_notebook.backends.base import SandboxDiedError
 from atp_notebook.backends.local import LocalBackend, LocalConfig, LocalSession
 from atp_notebook.check import CommandFailed, LeanCheckFailed, LeanCheckInterrupted, LeanSandboxError
 from atp_notebook.cli import main as cli_main
 from atp_notebook.images import DEFAULT_IMAGE
-from atp_notebook.magics import LeanSandbox
-
-FIXTURES = Path(__file__).resolve().parent / "standin" / "fixtures"
-
-
-def lean(name: str) -> str:
-    """A stand-in fixture's source, as a cell body (the stand-in knows it by content)."""
-    return (FIXTURES / f"{name}.lean").read_text(encoding="utf-8")
-
-
-def cell(name: str, line: str = "") -> str:
-    return f"%%lean_sandbox {line}\n{lean(name)}".replace("%%lean_sandbox \n", "%%lean_sandbox\n")
-
-
-def magics_of(shell: InteractiveShell) -> LeanSandbox:
-    return next(c for c in shell.configurables if isinstance(c, LeanSandbox))
-
+from tests.conftest import cell, lean, magics_of
 
 class Stamped:
     """A stdout that remembers when each write happened."""
@@ -63,34 +44,6 @@ class Stamped:
     @property
     def text(self) -> str:
         return "".join(t for _, t in self.writes)
-
-
-@pytest.fixture
-def ip(tmp_path, standin_env, monkeypatch):
-    """IPython with the extension loaded, its cwd in a fresh temp folder."""
-    monkeypatch.chdir(tmp_path)
-    for knob in ("STANDIN_SLEEP", "STANDIN_LINE_DELAY", "STANDIN_FLOOD"):
-        monkeypatch.delenv(knob, raising=False)
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "atp_notebook")
-    # whatever the backend asked for, run locally (with a short kill grace)
-    magics_of(shell).kernel.backend_factory = lambda name, **config: get_backend("local", **{"kill_grace_s": 1.0, **config})
-    yield shell
-    shell.run_line_magic("unload_ext", "atp_notebook")
-    shell.config.pop("LeanSandbox", None)
-    for name in ("res", "r", "bg", "broken", "fixed"):
-        shell.user_ns.pop(name, None)
-
-
-@pytest.fixture
-def rich(ip):
-    """The same shell, showing runs as a Jupyter kernel does (display + updates), captured."""
-    publisher = CapturingDisplayPublisher()
-    saved = ip.display_pub
-    ip.display_pub = publisher
-    ip.run_line_magic("config", "LeanSandbox.view = 'rich'")
-    yield publisher
-    ip.display_pub = saved
 
 
 def workdir(ip) -> Path:
@@ -346,7 +299,7 @@ def test_bad_cell_arguments_say_what_is_valid(ip, line, says, tmp_path):
     result = ip.run_cell(f"%%lean_sandbox {line}\n{lean('ok_add')}")
     assert isinstance(result.error_in_exec, UsageError)
     assert says in str(result.error_in_exec)
-    assert "%%lean_sandbox [FILE.lean] [--timeout S] [--out NAME] [--no-raise]" in str(result.error_in_exec)
+    assert "%%lean_sandbox [FILE.lean] [--chain] [--cold] [--timeout S] [--out NAME] [--no-raise]" in str(result.error_in_exec)
     assert not (tmp_path / "Escape.lean").exists()
 
 

@@ -490,3 +490,18 @@ def test_the_real_sdk_blocking_api_is_safe_inside_a_running_loop():
     assert direct != threading.current_thread().name  # the SDK ran it on its own loop thread
     assert via_helper == direct
     assert not [w for w in caught if issubclass(w.category, AsyncUsageWarning)]
+
+
+# -- warm checks through the Lean REPL (the stand-in) in a sandbox --------------------------------
+
+
+def test_warm_checks_in_a_sandbox(make_backend, tmp_path, standin_env):
+    from atp_notebook.kernel import KernelSession
+    from tests.test_repl import exercise_warm_checks
+
+    kernel = KernelSession("modal", workdir=tmp_path / "work", say=lambda _: None,
+                           backend_factory=lambda name, **c: make_backend())
+    try:
+        exercise_warm_checks(kernel)
+    finally:
+        kernel.close()

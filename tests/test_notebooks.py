@@ -135,8 +135,9 @@ def test_the_tutorial_runs_headless_and_shows_the_error_then_the_fix(tmp_path, n
 
     broken = cells["%%lean_sandbox --no-raise --out broken"]
     text = _texts(broken)
-    assert "✗ Scratch.lean: 1 error" in text
-    assert "Scratch.lean:3:6: error(lean.unknownIdentifier): Unknown identifier `reverse_reverse`" in text
+    assert "✗ Scratch.lean: 1 error · warm" in text  # the REPL had the (empty) header loaded already
+    assert "Scratch.lean:3:6: error: Unknown identifier `reverse_reverse`" in text
+    assert "goals (1):\n  3:2 rw [reverse_reverse]\n    xs : List Nat\n    ⊢ xs.reverse.reverse = xs" in text
     [view] = [o for o in broken.outputs if o.output_type == "display_data"]
     html = view.data["text/html"]
     assert 'class="atp-error"' in html and ">reverse_reverse</span>" in html and ">3:6<" in html
@@ -149,6 +150,13 @@ def test_the_tutorial_runs_headless_and_shows_the_error_then_the_fix(tmp_path, n
     examples = _texts(cells["%%lean_sandbox Examples.lean"])
     assert "✓ Examples.lean: 2 info messages" in examples
     assert "Examples.lean:1:0: info: 4\nExamples.lean:2:0: info: Nat.succ (n : Nat) : Nat" in examples
+    goals = _texts(cells["%%lean_sandbox Sorry.lean --out open_goal"])
+    assert "✓ Sorry.lean: 1 warning · warm" in goals and "goals (1):\n  2:2 sorry\n    n : Nat\n    ⊢ n < n + 1" in goals
+    assert _texts(cells["[(g.line, g.column, g.kind, g.goal) for g in open_goal.goals]"]) == (
+        "[(2, 2, 'sorry', 'n : Nat\\n⊢ n < n + 1')]"
+    )
+    assert "✓ Double.lean: no messages · warm" in _texts(cells["%%lean_sandbox Double.lean --chain"])
+    assert "✓ DoubleTwo.lean: no messages · warm" in _texts(cells["%%lean_sandbox DoubleTwo.lean --chain"])
     status = cells["%lean_sandbox status"]
     assert "application/vnd.jupyter.widget-view+json" in status.outputs[0].data
     assert "state      idle" in _texts(status)
@@ -224,7 +232,7 @@ def test_the_backends_notebook_runs_what_can_run_and_says_why_the_rest_was_skipp
     assert re.search(r"^DockerConfig\n(  .*\n)*  network +'none'\n(  .*\n)*  sync +'bind'\n", fields, re.M)
     assert re.search(r"^ModalConfig\n(  .*\n)*  block_network +True\n", fields, re.M)
     assert "Using the local backend (auto picked local)" in _texts(_cell(nb, "%lean_sandbox use auto --workdir"))
-    assert "✓ Scratch.lean: no messages · local" in _texts(_cell(nb, "theorem reverse_twice"))
+    assert "✓ Scratch.lean: no messages · imports loaded · local" in _texts(_cell(nb, "theorem reverse_twice"))
     local = _texts(_cell(nb, "measure(LocalBackend()"))
     assert re.match(r"local: open \d+\.\d\d s, command \d+\.\d ms \(median\), close \d+\.\d\d s\n", local)
     assert "lean            Lean (version 4.26.0" in local
@@ -273,7 +281,7 @@ def test_the_backends_notebook_runs_its_docker_cells_on_a_docker_image(tmp_path,
     # the magics, on Docker in copy mode through --option
     assert f"Using the docker backend: image {tag}" in _texts(
         _cell(nb, "%lean_sandbox use auto --workdir"))
-    assert "✓ Scratch.lean: no messages · docker" in _texts(_cell(nb, "theorem reverse_twice"))
+    assert "✓ Scratch.lean: no messages · imports loaded · docker" in _texts(_cell(nb, "theorem reverse_twice"))
     assert re.fullmatch(r"Synced in: up to date \([^)]*\); out: up to date \([^)]*\)\.\n",
                         _texts(_cell(nb, "%lean_sandbox sync")))
     # what a command sees in a container
@@ -347,7 +355,7 @@ def test_interrupting_the_kernel_cancels_the_check_and_keeps_the_session(kernel)
     content, _ = kernel.run(_lean_cell("ok_add"))
     assert content["status"] == "ok"
     kernel.run("import os; os.environ['STANDIN_SLEEP'] = '30'")
-    msg_id = kernel.client.execute(_lean_cell("ok_add", "--out res"))
+    msg_id = kernel.client.execute(_lean_cell("ok_add", "--cold --out res"))
     time.sleep(1.5)
     start = time.monotonic()
     kernel.manager.interrupt_kernel()
@@ -360,6 +368,24 @@ def test_interrupting_the_kernel_cancels_the_check_and_keeps_the_session(kernel)
     assert content["status"] == "ok"
     content, out = kernel.run("print(res.exit_code, r.errors[0].column, m.kernel.opened, m.kernel.is_open)")
     assert out.split() == ["130", "44", "1", "True"]
+
+
+def test_interrupting_a_warm_check_kills_the_repl_and_the_next_cell_works(kernel):
+    # a REPL that takes 30 s over this body (the env of the REPL started next)
+    kernel.run("import os; os.environ['STANDIN_REPL_SLOW'] = \"add_zero':30\"")
+    msg_id = kernel.client.execute(_lean_cell("ok_add", "--out res"))
+    time.sleep(1.5)
+    start = time.monotonic()
+    kernel.manager.interrupt_kernel()
+    reply = kernel.reply_to(msg_id, timeout=30)
+    assert time.monotonic() - start < 10
+    assert reply["status"] == "error" and reply["ename"] == "LeanCheckInterrupted", reply["traceback"]
+    kernel.run("del os.environ['STANDIN_REPL_SLOW']")
+    content, _ = kernel.run(_lean_cell("unknown_ident", "--no-raise --out r"))
+    assert content["status"] == "ok"
+    content, out = kernel.run("print(res.exit_code, res.how, r.how, r.errors[0].column, m.kernel.repl.starts, "
+                              "m.kernel.opened)")
+    assert out.split() == ["130", "repl", "repl", "44", "2", "1"]
 
 
 def test_a_failed_check_is_a_one_line_error_reply(kernel):

@@ -16,7 +16,7 @@ from atp_notebook.backends import get_backend
 from atp_notebook.backends.base import BackendUnavailableError
 from atp_notebook.kernel import KernelSession
 from atp_notebook.widgets import SessionPanel
-from tests.test_magics import ip, magics_of, rich  # noqa: F401 - fixtures
+from tests.conftest import magics_of
 
 
 @pytest.fixture
