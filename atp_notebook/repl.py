@@ -851,7 +851,10 @@ class WarmChecker:
         except ReplCrashed as exc:
             self.reset()
             exit_code = exc.exit_code or 1
-            stderr = f"{exc}\natp_notebook: the Lean REPL crashed; it starts again with the next check\n"
+            if exit_code == CANCEL_EXIT_CODE:  # cancel() from another thread (the session panel)
+                stderr = "atp_notebook: the check was cancelled; the Lean REPL starts again with the next check\n"
+            else:
+                stderr = f"{exc}\natp_notebook: the Lean REPL crashed; it starts again with the next check\n"
         except KeyboardInterrupt:
             self.reset()
             exit_code, interrupted = CANCEL_EXIT_CODE, True

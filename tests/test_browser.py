@@ -1,17 +1,19 @@
 """The getting-started notebook in a real JupyterLab, driven by a real browser.
 
 JupyterLab is started by the test (loopback, a free port, a token) over a
-copy of ``notebooks/``; its kernels get the stand-in ``lean``/``lake`` first
-on PATH, with ``STANDIN_LINE_DELAY`` so that each message of a check arrives
-a second after the previous one and streaming can be seen. Chromium (the
+copy of ``notebooks/``; its kernels get the stand-in ``lean``/``lake``/``repl``
+first on PATH, the REPL answering the ``#eval`` cell only after a few seconds
+(``STANDIN_REPL_SLOW``) so that a running check can be seen. Chromium (the
 system's, through Playwright) opens notebook 1 and runs it with
 *Run > Run All Cells*; the test then asserts what the page shows:
 
-* the live view streams: while the ``#eval`` cell still runs (prompt
-  ``[*]``), its first message is on the page and its second is not yet;
+* the live view while a check runs: while the ``#eval`` cell still runs
+  (prompt ``[*]``), its status line (spinner, ``Lean REPL``, elapsed time) is
+  on the page and no message yet; then its two messages, checked warm;
 * the broken cell's diagnostics table has the row ``3:6`` with Lean's
   message, and the cell's source is shown with line numbers and the span
   ``reverse_reverse`` marked on line 3 (the cell's own third line);
+* the ``sorry`` cell lists its goal under the cell, collapsed until clicked;
 * the ``%lean_sandbox status`` panel follows the session (``closed`` after the
   notebook's last cell) and its buttons act: **sync** opens and syncs
   (``idle``), **restart** opens a fresh session, **close** closes it.
@@ -35,8 +37,8 @@ from tests.conftest import STANDIN_BIN, in_ci
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "01-getting-started.ipynb"
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-#: Seconds between two messages of a stand-in check: long enough to see a line arrive.
-LINE_DELAY = "1.5"
+#: The stand-in REPL answers the #eval cell after this many seconds: long enough to see it run.
+REPL_SLOW = "#eval 2 + 2:3"
 #: Milliseconds a single wait may take (a page element, a cell's end).
 WAIT_MS = 60_000
 
@@ -69,7 +71,7 @@ def lab(tmp_path):
     shutil.copytree(REPO / "notebooks", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "lean_*"))
     env = {
         "PATH": f"{STANDIN_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "STANDIN_LINE_DELAY": LINE_DELAY,
+        "STANDIN_REPL_SLOW": REPL_SLOW,
         # `%lean_sandbox use auto` must mean the local stand-in here, even where Docker has the image.
         "DOCKER_HOST": "unix:///nonexistent/atp-notebook-tests/docker.sock",
         "MODAL_CONFIG_PATH": str(tmp_path / "no-modal.toml"),
@@ -179,15 +181,15 @@ def test_getting_started_in_jupyterlab(chromium, lab):
 
             _run_all_cells(page)
 
-            # -- the live view streams: the first message is shown while the cell still runs
+            # -- the live view while the check runs (the REPL takes 3 s over this cell), then its result
             examples = "%%lean_sandbox Examples.lean"
-            _running_with(page, examples, "Examples.lean:1:0: info: 4", "Nat.succ (n : Nat)")
-            _shot(_cell(page, examples), "1-streaming-while-running.png")
+            _running_with(page, examples, "Lean REPL (lake env repl)", "info: 4")
+            _shot(_cell(page, examples), "1-running.png")
             state = page.evaluate(_CELL_STATE, examples)
-            assert re.search(r"Examples\.lean · local · lake env lean --json Examples\.lean · \d+\.\d s · 1 line$",
+            assert re.search(r"Examples\.lean · local · Lean REPL \(lake env repl\) · \d+\.\d s · 0 lines$",
                              state["output"], re.M), state
             state = _done(page, examples)
-            assert "✓ Examples.lean: 2 info messages · local" in state["output"]
+            assert "✓ Examples.lean: 2 info messages · warm · local" in state["output"]
             rows = _cell(page, examples).locator("table.atp-diagnostics tbody tr")
             expect(rows).to_have_count(2)
             expect(rows.nth(1).locator("td").nth(1)).to_have_text("2:0")
@@ -218,6 +220,17 @@ def test_getting_started_in_jupyterlab(chromium, lab):
             assert "error: Unknown identifier `reverse_reverse`" in mark.get_attribute("title")
             broken.scroll_into_view_if_needed()
             _shot(broken, "2-diagnostics-table-and-marked-source.png")
+
+            # -- the goal left by a sorry, under the cell, collapsed until clicked
+            sorry = _cell(page, "%%lean_sandbox Sorry.lean --out open_goal").locator(".jp-OutputArea")
+            goals = sorry.locator("details.atp-goals")
+            expect(goals.locator("summary")).to_have_text("goals (1, 1 sorry)")
+            expect(goals.locator("pre")).to_be_hidden()
+            goals.locator("summary").click()
+            expect(goals.locator("pre")).to_have_text("n : Nat\n⊢ n < n + 1")
+            expect(goals.locator(".atp-goal")).to_contain_text("2:2 sorry")
+            sorry.scroll_into_view_if_needed()
+            _shot(sorry, "7-goals-under-the-cell.png")
 
             # -- the session panel follows the session, and its buttons act on it
             panel = _cell(page, "%lean_sandbox status").locator(".jp-OutputArea .widget-vbox").first

@@ -347,3 +347,39 @@ def exercise_warm_checks(kernel: KernelSession) -> None:
     c.command = "lake env repl"
     again = c.check("B.lean", "theorem double_two : double 2 = 4 := rfl\n", cell="B", chain=True)
     assert again.ok and c.starts == 3, again.headline()
+
+
+def test_cancel_from_another_thread_ends_the_check_as_cancelled(kernel):
+    checker = kernel.warm_checker(command="env STANDIN_REPL_SLOW=two_mul_pos:30 lake env repl")
+    assert not checker.cancel()  # nothing to cancel while no check runs
+    timer = threading.Timer(1.0, kernel.cancel)  # the panel's cancel button
+    timer.start()
+    try:
+        result = check(kernel, "mathlib_first")
+    finally:
+        timer.cancel()
+    assert result.cancelled and not result.interrupted and "cancelled" in result.stderr
+    assert "was cancelled" in result.headline()
+    kernel.warm_checker(command="lake env repl")
+    assert check(kernel, "ok_add").ok
+
+
+def test_header_envs_are_bounded_least_recently_used_first(kernel, requests_log):
+    kernel.warm_checker(max_headers=1)
+    check(kernel, "mathlib_first")
+    assert check(kernel, "mathlib_first").warm
+    check(kernel, "ok_add")  # another header: the Mathlib one is dropped
+    again = check(kernel, "mathlib_first")
+    assert not again.warm and again.ok
+    assert [r["cmd"] for r in sent(requests_log)].count("import Mathlib") == 2
+
+
+def test_a_header_importing_the_project_is_reloaded_after_a_command(kernel, requests_log):
+    assert check(kernel, "project_main").how == "repl"
+    assert check(kernel, "project_main").how == "warm"
+    kernel.run("true")  # could have been `lake build`: Project.Basic's olean may be new
+    assert check(kernel, "project_main").how == "repl"
+    check(kernel, "mathlib_first")
+    kernel.run("true")
+    assert check(kernel, "mathlib_first").how == "warm"  # Mathlib's oleans don't change in a session
+    assert [r["cmd"] for r in sent(requests_log)].count("import Project.Basic") == 2
