@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,12 +233,13 @@ def encode_request(request: Mapping[str, Any]) -> str:
     return json.dumps(request, ensure_ascii=False) + "\n\n"
 
 
-def split_blocks(text: str) -> list[str]:
+def split_blocks(text: str, joiner: str = "") -> list[str]:
     """Split a transcript into its blank-line separated blocks, as the REPL reads requests.
 
     Each block's lines are stripped of trailing whitespace and joined without
     a separator (the REPL's own rule: a raw newline inside a request
-    disappears); blank lines only separate.
+    disappears); blank lines only separate. ``joiner="\\n"`` keeps a
+    block's lines apart instead (its text as written, right-stripped).
     """
     blocks: list[str] = []
     current: list[str] = []
@@ -247,10 +248,10 @@ def split_blocks(text: str) -> list[str]:
         if line:
             current.append(line)
         elif current:
-            blocks.append("".join(current))
+            blocks.append(joiner.join(current))
             current = []
     if current:
-        blocks.append("".join(current))
+        blocks.append(joiner.join(current))
     return blocks
 
 
@@ -395,10 +396,6 @@ def _comment_depth(line: str, depth: int) -> int:
 def _only_comment(stripped: str) -> bool:
     return _comment_depth(stripped, 0) == 0
 
-
-def iter_diagnostics(messages: Iterable[Message], file: str, offset: int) -> list[Diagnostic]:
-    """REPL messages as the file's diagnostics, ``offset`` lines down."""
-    return [m.to_diagnostic(file, offset) for m in messages]
 
 
 # -- one REPL process ----------------------------------------------------------------------

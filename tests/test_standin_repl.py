@@ -92,16 +92,7 @@ def run(argv, *, input: bytes = b"", env=None, cwd=None, timeout=60) -> subproce
 
 def raw_blocks(text: str) -> list[str]:
     """A transcript's requests as written (lines kept), split at blank lines."""
-    blocks, current = [], []
-    for line in text.split("\n"):
-        if line.strip():
-            current.append(line)
-        elif current:
-            blocks.append("\n".join(current))
-            current = []
-    if current:
-        blocks.append("\n".join(current))
-    return blocks
+    return split_blocks(text, joiner="\n")
 
 
 class Session:
