@@ -308,8 +308,8 @@ class LiveView:
         if self.phase == "running":
             spin = SPINNER[self._spin % len(SPINNER)]
             cmd = f" · {self.command}" if self.command else ""
-            lines = f"{self.total_lines} line{'s' if self.total_lines != 1 else ''}"
-            return f"{spin} {self.title}{where}{cmd} · {self.elapsed_s:.1f} s · {lines}"
+            lines = f" · {self.total_lines} line{'s' if self.total_lines != 1 else ''}" if self.total_lines else ""
+            return f"{spin} {self.title}{where}{cmd} · {self.elapsed_s:.1f} s{lines}"
         mark = {"ok": "✓", "failed": "✗", "interrupted": "■"}.get(self.phase, "·")
         return f"{mark} {self.title}: {self.summary}{where} · {self.elapsed_s:.2f} s"
 

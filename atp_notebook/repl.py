@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -460,12 +460,19 @@ class ReplProcess:
     def alive(self) -> bool:
         return not self.handle.finished
 
-    def request(self, request: Mapping[str, Any], timeout_s: float | None = None) -> tuple[Response, list[str]]:
+    def request(
+        self,
+        request: Mapping[str, Any],
+        timeout_s: float | None = None,
+        tick: Callable[[], float] | None = None,
+    ) -> tuple[Response, list[str]]:
         """Send ``request``; its typed response and any stray lines printed before it.
 
         Raises :class:`ReplTimeout` after ``timeout_s`` (the process is left
         running: kill it), :class:`ReplCrashed` if the process ends first, and
-        lets :class:`KeyboardInterrupt` through.
+        lets :class:`KeyboardInterrupt` through. ``tick`` is called while
+        waiting (a live view moving its clock); it returns seconds until it
+        wants the next call.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         data = encode_request(request).encode("utf-8")
@@ -493,7 +500,7 @@ class ReplProcess:
                 stray.extend(extra[:_MAX_STRAY])
                 self.answered += 1
                 return parse_response(value), stray
-            wait = 0.5
+            wait = min(max(tick(), 0.005), 0.5) if tick is not None else 0.5
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -649,6 +656,7 @@ class WarmChecker:
         self._chain: list[_Link] = []
         self._probe: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._tick: Callable[[], float] | None = None  # the running check's view, while it waits
 
     # -- the process -------------------------------------------------------------------------
     def _ensure(self) -> ReplProcess:
@@ -713,7 +721,7 @@ class WarmChecker:
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
         before = proc.bytes_sent
         try:
-            return proc.request(request, timeout)
+            return proc.request(request, timeout, self._tick)
         finally:
             self.requests += 1
             self.bytes_sent += proc.bytes_sent - before
@@ -793,8 +801,12 @@ class WarmChecker:
         the result, and the REPL restarts on the next check.
         """
         with self._lock:
-            return self._check(file, text, cell=cell if cell is not None else text, chain=chain,
-                               goals=goals, timeout_s=timeout_s, sink=sink)
+            self._tick = getattr(sink, "tick", None)
+            try:
+                return self._check(file, text, cell=cell if cell is not None else text, chain=chain,
+                                   goals=goals, timeout_s=timeout_s, sink=sink)
+            finally:
+                self._tick = None
 
     def _check(self, file: str, text: str, *, cell: str, chain: bool, goals: bool,
                timeout_s: float | None, sink: Any) -> CheckResult:

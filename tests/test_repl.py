@@ -383,3 +383,23 @@ def test_a_header_importing_the_project_is_reloaded_after_a_command(kernel, requ
     kernel.run("true")
     assert check(kernel, "mathlib_first").how == "warm"  # Mathlib's oleans don't change in a session
     assert [r["cmd"] for r in sent(requests_log)].count("import Project.Basic") == 2
+
+
+def test_a_view_keeps_ticking_while_the_repl_works(kernel):
+    class Sink:
+        ticks = 0
+        lines: list[str] = []
+
+        def tick(self) -> float:
+            self.ticks += 1
+            return 0.1
+
+        def feed_lines(self, lines, parsed):
+            self.lines += lines
+
+    kernel.warm_checker(command="env STANDIN_REPL_SLOW=two_mul_pos:1.5 lake env repl")
+    sink = Sink()
+    result = check(kernel, "mathlib_first", sink=sink)
+    assert result.ok and sink.ticks >= 8  # ~every 0.1 s for 1.5 s: the spinner and the clock move
+    error = check(kernel, "mathlib_error", sink=sink)
+    assert sink.lines == error.stdout.splitlines()  # the view gets the messages as Lean's JSON lines
