@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Protocol
@@ -81,16 +80,18 @@ _HEADLINE_MESSAGE_CHARS = 100
 #: Information messages parsed while a check streams (and shown in its table);
 #: the others are counted, and parsed only if ``result.diagnostics`` is read.
 SHOWN_INFO = 200
-#: A batch this long means output floods in: pause briefly between batches.
-_BATCH_HINT = 256
-_FLOOD_PAUSE_S = 0.02
+#: A batch this long is joined once, for the bulk count and the log alike.
+_BULK_LINES = 256
 
 
 class Sink(Protocol):
     """Where a run's output goes while it arrives (a live view, a terminal)."""
 
-    def feed_lines(self, lines: list[str], parsed: dict[int, Item]) -> None:
-        """A batch of stdout lines; ``parsed[i]`` is line ``i``'s parse where the pipeline made one."""
+    def feed_lines(self, lines: list[str], parsed: dict[int, Item], text: str | None = None) -> None:
+        """A batch of stdout lines; ``parsed[i]`` is line ``i``'s parse where the pipeline made one.
+
+        ``text``, when given, is ``"\\n".join(lines)`` already made (a flood's batch).
+        """
 
     def tick(self) -> float:
         """Called between batches of output; returns seconds until it next wants a call."""
@@ -399,12 +400,6 @@ def follow(
             wait_s = min(max(tick(), 0.005), 0.5) if tick is not None else 0.5
             if done:
                 break
-            if len(lines) >= _BATCH_HINT:
-                # A flood: let the output pile up for a moment, so it is handled in a few
-                # large batches instead of thousands of small ones fighting the reader
-                # thread for the interpreter lock. The view redraws at most ~10 times a
-                # second anyway.
-                time.sleep(_FLOOD_PAUSE_S)
     except KeyboardInterrupt:
         interrupted = True
         handle.cancel()
@@ -426,16 +421,17 @@ class _Collector:
         self.counts = dict.fromkeys(("error", "warning", "information"), 0)
         self._infos = 0
 
-    def add_lines(self, lines: list[str]) -> dict[int, Item]:
-        """Account for a batch; returns the parses made, by index in the batch."""
+    def add_lines(self, lines: list[str], text: str | None = None) -> dict[int, Item]:
+        """Account for a batch (``text``: the batch joined, if made already); returns the parses made."""
         parsed: dict[int, Item] = {}
         info_key = '"severity":"information"'
-        if self._infos >= SHOWN_INFO:
-            # A flood of #eval output: when every JSON line of the batch is an
-            # information message, count them in bulk (one join, two counts).
-            blob = "\n".join(lines)
-            infos = blob.count(info_key)
-            if infos == blob.count("\n{") + blob.startswith("{"):
+        if self._infos >= SHOWN_INFO and text is not None:
+            # A flood of #eval output: when every line of the batch is an information
+            # message, count them in bulk (one count over the joined batch). Lean's
+            # compact JSON holds the key once per message and never inside a string
+            # (its quotes would be escaped there).
+            infos = text.count(info_key)
+            if infos == len(lines):
                 self.counts["information"] += infos
                 return parsed
         for i, line in enumerate(lines):
@@ -493,9 +489,10 @@ def run_check(
     collector = _Collector() if json_mode else None
 
     def on_lines(lines: list[str]) -> None:
-        parsed = collector.add_lines(lines) if collector is not None else {}
+        text = "\n".join(lines) if len(lines) >= _BULK_LINES else None
+        parsed = collector.add_lines(lines, text) if collector is not None else {}
         if sink is not None:
-            sink.feed_lines(lines, parsed)
+            sink.feed_lines(lines, parsed, text)
 
     handle = kernel.start(full, timeout_s=timeout_s)
     try:
@@ -533,7 +530,7 @@ class _TextSink:
         self._out = out
         self._json = json_output
 
-    def feed_lines(self, lines: list[str], parsed: dict[int, Item]) -> None:
+    def feed_lines(self, lines: list[str], parsed: dict[int, Item], text: str | None = None) -> None:
         for i, line in enumerate(lines):
             item = parsed.get(i)
             if item is None and self._json:

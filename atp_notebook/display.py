@@ -217,12 +217,15 @@ class LiveView:
             item, line = line, _render(line).rstrip("\n")
         self.feed_lines([line], {0: item} if item is not None else {})
 
-    def feed_lines(self, lines: list[str], parsed: dict[int, Item]) -> None:
-        """A batch of stdout lines; ``parsed[i]`` is line ``i``'s parse where one was made."""
+    def feed_lines(self, lines: list[str], parsed: dict[int, Item], text: str | None = None) -> None:
+        """A batch of stdout lines; ``parsed[i]`` is line ``i``'s parse where one was made.
+
+        ``text`` is the batch joined with newlines, when the caller made it already.
+        """
         if not lines:
             return
         if self.log is not None:
-            self.log.write("\n".join(lines) + "\n")
+            self.log.write(("\n".join(lines) if text is None else text) + "\n")
         self.total_lines += len(lines)
         if self.mode == "plain":
             out = self._out or sys.stdout

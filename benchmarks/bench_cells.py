@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "standin"
 RUNS = 60
-FLOOD_RUNS = 5
+FLOOD_RUNS = 11
 FLOOD = 100_000
 
 
