@@ -11,8 +11,11 @@
 Checks run warm through the session's Lean REPL where the sandbox has one
 (imports are loaded once per distinct header; ``--chain`` runs a cell in the
 environment left by the cell run before it), cold with ``lake env lean
---json`` otherwise. Defaults come from ``%config LeanSandbox.<option>`` (or ``c.LeanSandbox.<option>``
-in an IPython profile); ``%config LeanSandbox`` lists them. The class is a
+--json`` otherwise.
+
+Defaults come from ``%config LeanSandbox.<option>`` (or
+``c.LeanSandbox.<option>`` in an IPython profile); ``%config LeanSandbox``
+lists them. The class is a
 :class:`~IPython.core.magic.Magics`, which is a traitlets ``Configurable``,
 as in jupysql.
 
