@@ -37,10 +37,13 @@ def _version(argv: list[str]) -> str:
 
 
 def check_local() -> Check:
-    """The local backend needs ``lake`` and ``lean`` (elan's) on PATH."""
+    """The local backend needs ``lake`` and ``lean`` (elan's) on PATH; ``repl`` makes its checks warm."""
     lake, lean = shutil.which("lake"), shutil.which("lean")
     if lake and lean:
-        return Check("local", True, f"{_version([lean, '--version'])} (not isolated: #eval runs on this host)")
+        warm = ("warm checks: Lean REPL found" if shutil.which("repl") else
+                "no `repl` on PATH: checks run cold (build leanprover-community/repl at this toolchain "
+                "and put it on PATH for warm checks)")
+        return Check("local", True, f"{_version([lean, '--version'])}; {warm} (not isolated: #eval runs on this host)")
     missing = " and ".join(n for n, p in (("lean", lean), ("lake", lake)) if not p)
     return Check(
         "local",
