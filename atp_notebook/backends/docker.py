@@ -167,11 +167,10 @@ class DockerConfig(BackendConfig):
 class DockerExec(Transport):
     """One ``docker exec``: output frames as they arrive, exit code from ``exec_inspect``.
 
-    Without stdin, output comes from docker-py's demultiplexed stream. With
-    ``stdin=True`` the exec is attached to a raw socket
-    (``exec_start(socket=True)``): :meth:`write` sends on it and the output
-    frames are read off it as they arrive. :meth:`close_stdin` shuts the
-    socket's write side (EOF), except over TLS/SSH (see
+    The exec is attached to a raw socket (``exec_start(socket=True)``)
+    whose multiplexed output frames are read as they arrive. With
+    ``stdin=True`` the exec's stdin is that socket too: :meth:`write` sends
+    on it, and :meth:`close_stdin` shuts its write side (EOF), except over TLS/SSH (see
     :attr:`DockerSession.stdin_by_socket`), where that would end the whole
     connection: there it does nothing, and stdin stays open until the
     command exits.
@@ -185,15 +184,11 @@ class DockerExec(Transport):
         self._kill_sent = False
         self._lock = threading.Lock()
         self._exec_id = session.exec_create(command, env=tagged_env(env, self._token), stdin=stdin)
-        self._sock: Any = None  # stdin mode: what exec_start returns, and the socket under it
-        self._raw: Any = None
-        if stdin:
-            self._sock = session.call(session.api.exec_start, self._exec_id, socket=True)
-            self._raw = _raw(self._sock)
-            _no_timeout(self._sock)  # a command may read (and print) nothing for hours
-            self._stream: Any = frames_iter(self._sock, tty=False)
-        else:
-            self._stream = session.call(session.api.exec_start, self._exec_id, stream=True, demux=True)
+        self._stdin = stdin
+        self._sock = session.call(session.api.exec_start, self._exec_id, socket=True)
+        self._raw = _raw(self._sock)
+        _no_timeout(self._sock)  # a command may read (and print) nothing for hours
+        self._stream = frames_iter(self._sock, tty=False)
 
     def sources(self) -> list[Iterable[Chunk]]:
         return [self._frames()]
@@ -201,20 +196,12 @@ class DockerExec(Transport):
     def _frames(self) -> Iterator[Chunk]:
         """stdout/stderr as they come; then the exit code, and why if SIGKILL came from elsewhere."""
         try:
-            if self._sock is None:
-                for out, err in self._stream:
-                    if out:
-                        yield 1, out
-                    if err:
-                        yield 2, err
-            else:
-                for fd, data in self._stream:
-                    if data:
-                        yield (2 if fd == 2 else 1), data
+            for fd, data in self._stream:
+                if data:
+                    yield (2 if fd == 2 else 1), data
         finally:
             for resource in (self._stream, self._sock, self._raw):
-                if resource is not None:
-                    _close_quietly(resource)
+                _close_quietly(resource)
         code = self.wait()
         if code == _SIGKILL_EXIT and not self._kill_sent:
             note = self._session.explain_sigkill(self._started)
@@ -235,7 +222,7 @@ class DockerExec(Transport):
         return self._code
 
     def write(self, data: bytes) -> None:
-        if self._raw is None:
+        if not self._stdin:
             return super().write(data)  # raises: no stdin
         try:
             self._raw.sendall(data)
@@ -243,7 +230,7 @@ class DockerExec(Transport):
             raise BrokenPipeError(errno.EPIPE, "The command has ended: it reads no more input.") from exc
 
     def close_stdin(self) -> None:
-        if self._raw is not None and self._session.stdin_by_socket:
+        if self._stdin and self._session.stdin_by_socket:
             self._raw.shutdown(socket.SHUT_WR)
 
     def kill(self) -> None:
