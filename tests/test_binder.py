@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
 import pytest
 
 from atp_notebook.images import DEFAULT_IMAGE
 from tests.conftest import REPO
-from tests.test_image import REPL_BIN, find_tool, git, make_repl_upstream, make_stand_in
+from tests.test_image import REPL_BIN, assert_shellcheck_clean, git, make_repl_upstream, make_stand_in
 
 BINDER = REPO / "binder"
 SCRIPTS = [BINDER / "postBuild", BINDER / "start"]
@@ -32,15 +31,7 @@ def test_scripts_are_executable_posix_sh(script):
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_scripts_pass_shellcheck(script):
-    shellcheck = find_tool("shellcheck")
-    result = subprocess.run(
-        [shellcheck, "--shell=sh", "--severity=style", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_shellcheck_clean(script)
 
 
 def test_start_hands_over_to_the_server_command():
