@@ -351,17 +351,23 @@ def _lean_cell(name: str, line: str = "") -> str:
     return f"%%lean_sandbox {line}\n{source}"
 
 
-def test_interrupting_the_kernel_cancels_the_check_and_keeps_the_session(kernel):
-    content, _ = kernel.run(_lean_cell("ok_add"))
-    assert content["status"] == "ok"
-    kernel.run("import os; os.environ['STANDIN_SLEEP'] = '30'")
-    msg_id = kernel.client.execute(_lean_cell("ok_add", "--cold --out res"))
+def _interrupt_while_running(kernel: Kernel, code: str) -> dict:
+    """Run ``code``, interrupt the kernel 1.5 s in; the reply, a one-line LeanCheckInterrupted within 10 s."""
+    msg_id = kernel.client.execute(code)
     time.sleep(1.5)
     start = time.monotonic()
     kernel.manager.interrupt_kernel()
     reply = kernel.reply_to(msg_id, timeout=30)
     assert time.monotonic() - start < 10
-    assert reply["status"] == "error" and reply["ename"] == "LeanCheckInterrupted"
+    assert reply["status"] == "error" and reply["ename"] == "LeanCheckInterrupted", reply.get("traceback")
+    return reply
+
+
+def test_interrupting_the_kernel_cancels_the_check_and_keeps_the_session(kernel):
+    content, _ = kernel.run(_lean_cell("ok_add"))
+    assert content["status"] == "ok"
+    kernel.run("import os; os.environ['STANDIN_SLEEP'] = '30'")
+    reply = _interrupt_while_running(kernel, _lean_cell("ok_add", "--cold --out res"))
     assert len(reply["traceback"]) == 1 and "session kept" in reply["traceback"][0]
     kernel.run("del os.environ['STANDIN_SLEEP']")
     content, _ = kernel.run(_lean_cell("unknown_ident", "--no-raise --out r"))
@@ -373,13 +379,7 @@ def test_interrupting_the_kernel_cancels_the_check_and_keeps_the_session(kernel)
 def test_interrupting_a_warm_check_kills_the_repl_and_the_next_cell_works(kernel):
     # a REPL that takes 30 s over this body (the env of the REPL started next)
     kernel.run("import os; os.environ['STANDIN_REPL_SLOW'] = \"add_zero':30\"")
-    msg_id = kernel.client.execute(_lean_cell("ok_add", "--out res"))
-    time.sleep(1.5)
-    start = time.monotonic()
-    kernel.manager.interrupt_kernel()
-    reply = kernel.reply_to(msg_id, timeout=30)
-    assert time.monotonic() - start < 10
-    assert reply["status"] == "error" and reply["ename"] == "LeanCheckInterrupted", reply["traceback"]
+    _interrupt_while_running(kernel, _lean_cell("ok_add", "--out res"))
     kernel.run("del os.environ['STANDIN_REPL_SLOW']")
     content, _ = kernel.run(_lean_cell("unknown_ident", "--no-raise --out r"))
     assert content["status"] == "ok"
