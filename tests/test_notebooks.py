@@ -114,12 +114,22 @@ def test_the_notebooks_are_all_tested():
 
 
 def _texts(cell) -> str:
-    parts = []
+    # A print can reach the notebook as several stream messages ("text", then
+    # "\n") when the kernel flushes between them: consecutive pieces of one
+    # stream are one output, as a front end shows them.
+    parts: list[str] = []
+    previous = None
     for out in cell.outputs:
         if out.output_type == "stream":
-            parts.append(out.text)
-        elif out.output_type in ("display_data", "execute_result"):
-            parts.append(out.data.get("text/plain", ""))
+            if previous == out.name:
+                parts[-1] += out.text
+            else:
+                parts.append(out.text)
+            previous = out.name
+            continue
+        previous = None
+        if out.output_type in ("display_data", "execute_result") and "text/plain" in out.data:
+            parts.append(out.data["text/plain"])
     return "\n".join(parts)
 
 
