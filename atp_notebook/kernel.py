@@ -67,6 +67,15 @@ def _register_atexit() -> None:
         _ATEXIT_REGISTERED = True
 
 
+def _home_as_tilde(path: Path) -> str:
+    """``path`` with the user's home directory written ``~`` (shorter, and shareable on screen)."""
+    try:
+        home = Path.home().resolve()
+        return "~/" + path.relative_to(home).as_posix() if path != home else "~"
+    except (RuntimeError, ValueError):  # no home, or the path is outside it
+        return str(path)
+
+
 class KernelSession:
     """The kernel's one sandbox session and everything known about it.
 
@@ -413,7 +422,7 @@ class KernelSession:
         return {
             "backend": backend,
             "image": f"{image.tag} ({pins})" if pins else image.tag,
-            "workdir": str(self.workdir),
+            "workdir": _home_as_tilde(self.workdir),
             "state": self.state,
             "last sync": last,
             "running": "; ".join(cmd for _, cmd in running) if running else "-",

@@ -72,6 +72,8 @@ def lab(tmp_path):
     env = {
         "PATH": f"{STANDIN_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "STANDIN_REPL_SLOW": REPL_SLOW,
+        # the notebooks sit in "home": the panel says ~/notebooks/..., and its screenshot names no temp path
+        "HOME": str(tmp_path),
         # `%lean_sandbox use auto` must mean the local stand-in here, even where Docker has the image.
         "DOCKER_HOST": "unix:///nonexistent/atp-notebook-tests/docker.sock",
         "MODAL_CONFIG_PATH": str(tmp_path / "no-modal.toml"),
@@ -248,7 +250,9 @@ def test_getting_started_in_jupyterlab(chromium, lab):
             expect(state_cell).to_have_text("idle")
             expect(panel.locator("tr", has=page.locator("th", has_text="last sync"))).to_contain_text("(out: ok)")
             expect(_button(panel, "close")).to_be_enabled()
-            _shot(panel, "4-panel-after-sync.png")
+            workdir = panel.locator("tr", has=page.locator("th", has_text=re.compile(r"^workdir$"))).locator("td")
+            expect(workdir).to_have_text(re.compile(r"^~/notebooks/lean_"))
+            _shot(panel, "4-panel-after-sync.png")  # docs/session-panel.png
 
             _button(panel, "restart").click()
             expect(message).to_have_text("restarted: a fresh session is open")

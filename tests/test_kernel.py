@@ -252,3 +252,13 @@ def test_conflicts_found_by_an_automatic_sync_are_said(tmp_path):
         assert (sandbox / "A.lean").read_text() == "sandbox\n"
     finally:
         kernel.close()
+
+
+def test_status_writes_the_home_directory_as_a_tilde(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    inside = KernelSession("local", workdir=home / "notebooks" / "w", backend_factory=local)
+    outside = KernelSession("local", workdir=tmp_path / "elsewhere", backend_factory=local)
+    assert inside.describe()["workdir"] == "~/notebooks/w"
+    assert outside.describe()["workdir"] == str((tmp_path / "elsewhere").resolve())
+    assert inside.workdir == (home / "notebooks" / "w").resolve()  # only the display is short
