@@ -479,7 +479,8 @@ def run_check(
 ) -> CheckResult:
     """Check ``file`` (relative to the kernel's workdir) in the kernel's session.
 
-    Syncs in, runs ``command`` (a template with ``{file}``), streams the
+    Syncs in (the host's ``file`` wins over a sandbox edit of it: it is what
+    was asked to be checked), runs ``command`` (a template with ``{file}``), streams the
     output into ``sink`` (with ``--json`` in the command, lines are Lean's
     JSON messages; otherwise Lean's text), syncs out, and judges. An
     interrupt cancels the command and returns a result with ``interrupted=True``.
@@ -494,7 +495,7 @@ def run_check(
         if sink is not None:
             sink.feed_lines(lines, parsed, text)
 
-    handle = kernel.start(full, timeout_s=timeout_s)
+    handle = kernel.start(full, timeout_s=timeout_s, cell_file=file)  # the host's text is what is checked
     try:
         result, interrupted = follow(handle, on_lines, sink.tick if sink is not None else None)
     finally:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import shlex
 import threading
 import time
 import weakref
@@ -232,8 +233,12 @@ class KernelSession:
         sync_in: bool = True,
         stdin: bool = False,
         track: bool = True,
+        cell_file: str | None = None,
     ) -> CommandHandle:
         """Sync in (optionally) and start ``command`` in the session, streaming.
+
+        ``cell_file``: the workdir-relative file a cell just wrote; if the sandbox
+        changed it too, the cell's text wins there (see :meth:`sync_in`).
 
         If the sandbox died, the dead session is closed, a new one is opened
         and the command is started once more; the user is told. A second
@@ -247,7 +252,7 @@ class KernelSession:
             session = self.ensure()
             try:
                 if sync_in:
-                    self._sync(session, "in", announce=True)
+                    self._sync(session, "in", announce=True, cell_file=cell_file)
                 handle = session.exec(command, env=env, timeout_s=timeout_s, stdin=stdin)  # type: ignore[arg-type,call-arg]
             except SandboxDiedError as exc:
                 if attempt == 2:
@@ -334,21 +339,31 @@ class KernelSession:
             checker.max_headers = max(1, max_headers)
         return checker
 
-    def sync_in(self) -> str:
-        """Push the host's files into the sandbox (before a command that reads them)."""
+    def sync_in(self, *, cell_file: str | None = None) -> str:
+        """Push the host's files into the sandbox (before a command that reads them).
+
+        ``cell_file``: the workdir-relative file a cell just wrote. A sync keeps
+        the destination's version of a file changed on both sides, but the text
+        of the cell being run is what the user asked to check: if the sandbox
+        changed that file too, its version is moved aside to
+        ``NAME.conflict-sandbox`` (it comes back to the host with the next sync
+        out) and the cell's text takes its place.
+        """
         session = self.ensure()
-        return self._sync(session, "in", announce=True)
+        return self._sync(session, "in", announce=True, cell_file=cell_file)
 
     def sync_out(self) -> str:
         """Pull the sandbox's files back to the host (after a command)."""
         session = self.ensure()
         return self._sync(session, "out", announce=True)
 
-    def _sync(self, session: ComputeSession, way: str, *, announce: bool = False) -> str:
+    def _sync(self, session: ComputeSession, way: str, *, announce: bool = False,
+              cell_file: str | None = None) -> str:
         """Sync one way; returns the report's text.
 
         ``announce``: tell the user (:attr:`say`) about conflicts, for the
         syncs a cell makes on its own, whose report nobody else shows.
+        ``cell_file``: see :meth:`sync_in`.
         """
         self._phase = "syncing"
         self._changed()
@@ -360,11 +375,43 @@ class KernelSession:
         text = f"{way}: {said.removeprefix(f'sync {way}: ')}"  # a SyncReport names its direction already
         self.last_sync, self.last_sync_report = time.time(), text
         self._changed()
-        conflicts = getattr(report, "conflict_messages", None)
-        if announce and getattr(report, "conflicts", None) and callable(conflicts):
-            self.say(f"Sync {way}: " + "; ".join(conflicts())
+        pairs = list(getattr(report, "conflicts", None) or [])
+        messages = getattr(report, "conflict_messages", None)
+        if not pairs or not callable(messages):
+            return text
+        said = dict(zip((path for path, _ in pairs), messages(), strict=True))
+        if way == "in" and cell_file in said:
+            aside = self._cell_wins(session, cell_file, dict(pairs)[cell_file])
+            if aside is not None:
+                said[cell_file] = (f"{cell_file} was changed in the sandbox too: the cell's text is checked, "
+                                   f"the sandbox's version is now {aside}")
+        if announce:
+            self.say(f"Sync {way}: " + "; ".join(said.values())
                      + ". Nothing was lost: merge the two versions, then delete the conflict copy.")
         return text
+
+    def _cell_wins(self, session: ComputeSession, path: str, incoming: str) -> str | None:
+        """In the sandbox, move ``path`` aside and put the cell's version (``incoming``) in its place.
+
+        Returns the name the sandbox's version now has, or ``None`` if the move
+        failed (then both versions stay where the sync put them).
+        """
+        host = self.workdir
+        candidates = [f"{path}.conflict-sandbox"] + [f"{path}.conflict-sandbox.{n}" for n in range(1, 100)]
+        free = " ".join(shlex.quote(c) for c in candidates if not (host / c).exists())
+        script = (f"d=; for c in {free}; do if [ ! -e \"$c\" ] && [ ! -L \"$c\" ]; then d=$c; break; fi; done; "
+                  f"[ -n \"$d\" ] && mv -f -- {shlex.quote(path)} \"$d\" "
+                  f"&& mv -f -- {shlex.quote(incoming)} {shlex.quote(path)} && printf '%s' \"$d\"")
+        try:
+            result = session.exec(script, timeout_s=60).wait()
+        except Exception as exc:  # noqa: BLE001 - the check goes on; the conflict copy still holds the text
+            self.say(f"Could not put the cell's text in place of the sandbox's {path}: {exc}")
+            return None
+        if result.exit_code != 0 or not result.stdout:
+            self.say(f"Could not put the cell's text in place of the sandbox's {path}: "
+                     f"{result.stderr.strip() or f'exit code {result.exit_code}'}")
+            return None
+        return result.stdout
 
     def restart(self) -> ComputeSession:
         """Close the session (killing what runs) and open a fresh one."""

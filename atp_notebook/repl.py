@@ -812,7 +812,7 @@ class WarmChecker:
                timeout_s: float | None, sink: Any) -> CheckResult:
         started = time.monotonic()
         deadline = None if not timeout_s else started + timeout_s
-        self.kernel.sync_in()
+        self.kernel.sync_in(cell_file=file)
         header = split_header(text)
         diags: list[Diagnostic] = []
         goal_list: list[Goal] = []

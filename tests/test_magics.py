@@ -591,6 +591,41 @@ def test_cells_on_docker_with_copy_sync(ip, docker_backend_factory):
     ip.run_line_magic("lean_sandbox", "close")
 
 
+@pytest.mark.parametrize("engine", ["lean", "repl"])
+def test_a_cell_wins_over_a_sandbox_edit_of_its_own_file(ip, docker_backend_factory, capsys, engine):
+    """Copy mode, the file edited in the sandbox and in the cell since the last sync:
+    the cell's text is what gets checked, and the sandbox's edit comes back beside it."""
+    magics = magics_of(ip)
+    magics.kernel.backend_factory = docker_backend_factory
+    ip.run_line_magic("config", f"LeanSandbox.engine = '{engine}'")
+    ip.run_line_magic("lean_sandbox", "use docker")
+    assert ip.run_cell(cell("tutorial_broken", "Proofs/Reverse.lean --no-raise")).success
+    session = magics.kernel.session
+    edit = session.exec("printf 'theorem edited_in_the_sandbox : True := trivial\\n' > Proofs/Reverse.lean").wait()
+    assert edit.exit_code == 0, edit.stderr
+    capsys.readouterr()
+
+    assert ip.run_cell(cell("tutorial_fixed", "Proofs/Reverse.lean --out res")).success
+    res = ip.user_ns["res"]
+    assert res.ok and res.how == ("warm" if engine == "repl" else "cold")
+    said = capsys.readouterr().out
+    assert ("Proofs/Reverse.lean was changed in the sandbox too: the cell's text is checked, "
+            "the sandbox's version is now Proofs/Reverse.lean.conflict-sandbox") in said, said
+    host = workdir(ip) / "Proofs"
+    assert (host / "Reverse.lean").read_text() == lean("tutorial_fixed")
+    assert (host / "Reverse.lean.conflict-sandbox").read_text() == "theorem edited_in_the_sandbox : True := trivial\n"
+    inside = session.exec("cat Proofs/Reverse.lean; ls Proofs").wait().stdout
+    assert inside == lean("tutorial_fixed") + "Reverse.lean\nReverse.lean.conflict-sandbox\n"
+    assert sorted(p.name for p in host.iterdir()) == ["Reverse.lean", "Reverse.lean.conflict-sandbox"]
+    # once more: the first copy is taken, on both sides
+    assert session.exec("echo again > Proofs/Reverse.lean").wait().exit_code == 0
+    assert ip.run_cell(cell("tutorial_broken", "Proofs/Reverse.lean --no-raise --out res")).success
+    assert [(d.line, d.column) for d in ip.user_ns["res"].errors] == [(3, 6)]  # the cell's text, checked
+    assert (host / "Reverse.lean.conflict-sandbox.1").read_text() == "again\n"
+    assert (host / "Reverse.lean.conflict-sandbox").read_text() == "theorem edited_in_the_sandbox : True := trivial\n"
+    ip.run_line_magic("lean_sandbox", "close")
+
+
 def test_use_with_backend_options(ip):
     from IPython.core.error import UsageError
 
