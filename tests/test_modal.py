@@ -505,3 +505,25 @@ def test_warm_checks_in_a_sandbox(make_backend, tmp_path, standin_env):
         exercise_warm_checks(kernel)
     finally:
         kernel.close()
+
+
+def test_a_checked_file_wins_over_a_sandbox_edit_of_it(make_backend, tmp_path, standin_env):
+    from atp_notebook.check import run_check, write_cell
+    from atp_notebook.kernel import KernelSession
+    from tests.conftest import lean
+
+    said: list[str] = []
+    kernel = KernelSession("modal", workdir=tmp_path / "work", say=said.append,
+                           backend_factory=lambda name, **c: make_backend())
+    try:
+        write_cell(kernel.workdir, "A.lean", lean("tutorial_broken"))
+        assert not run_check(kernel, "A.lean").ok
+        assert kernel.session.exec("echo edited > A.lean").wait().exit_code == 0  # the sandbox's edit
+        write_cell(kernel.workdir, "A.lean", lean("tutorial_fixed"))  # and the cell's
+        assert run_check(kernel, "A.lean").ok  # the cell's text was checked
+        assert (kernel.workdir / "A.lean").read_text() == lean("tutorial_fixed")
+        assert (kernel.workdir / "A.lean.conflict-sandbox").read_text() == "edited\n"
+        assert not (kernel.workdir / "A.lean.conflict-host").exists()
+        assert any("the sandbox's version is now A.lean.conflict-sandbox" in s for s in said), said
+    finally:
+        kernel.close()
