@@ -13,7 +13,10 @@ from atp_notebook.backends import get_backend
 from atp_notebook.magics import LeanSandbox
 
 REPO = Path(__file__).resolve().parents[1]
-STANDIN_BIN = REPO / "tests" / "standin" / "bin"
+#: The stand-in toolchain (``lean``, ``lake``, ``repl``) and the Lean files it knows.
+STANDIN = REPO / "tests" / "standin"
+STANDIN_BIN = STANDIN / "bin"
+FIXTURES = STANDIN / "fixtures"
 
 
 def in_ci() -> bool:
@@ -63,9 +66,6 @@ def standin_env(monkeypatch) -> dict[str, str]:
 
 
 # -- IPython with the extension loaded --------------------------------------------------------
-
-FIXTURES = REPO / "tests" / "standin" / "fixtures"
-
 
 def lean(name: str) -> str:
     """A stand-in fixture's source, as a cell body (the stand-in knows it by content)."""

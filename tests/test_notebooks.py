@@ -26,14 +26,12 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
-from tests.conftest import process_alive, unavailable
+from tests.conftest import FIXTURES, REPO, process_alive, unavailable
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 TUTORIAL = NOTEBOOKS / "01-getting-started.ipynb"
 PROJECT = NOTEBOOKS / "02-iterating-on-a-project.ipynb"
 BACKENDS = NOTEBOOKS / "03-backends.ipynb"
-FIXTURES = REPO / "tests" / "standin" / "fixtures"
 KERNEL = "atp-notebook-test"
 MAGICS = "m = next(c for c in get_ipython().configurables if type(c).__name__ == 'LeanSandbox')"
 #: A Docker engine address where none listens: ``auto`` then cannot pick Docker.
@@ -357,7 +355,7 @@ def kernel(tmp_path, kernel_env):
 
 
 def _lean_cell(name: str, line: str = "") -> str:
-    source = (REPO / "tests" / "standin" / "fixtures" / f"{name}.lean").read_text()
+    source = (FIXTURES / f"{name}.lean").read_text()
     return f"%%lean_sandbox {line}\n{source}"
 
 

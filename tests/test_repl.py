@@ -21,8 +21,8 @@ from atp_notebook.backends import get_backend
 from atp_notebook.check import run_check, write_cell
 from atp_notebook.kernel import KernelSession
 from atp_notebook.repl import ReplUnavailable, split_header
+from tests.conftest import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parent / "standin" / "fixtures"
 COLD = sorted(p.stem for p in FIXTURES.glob("*.lean"))
 
 

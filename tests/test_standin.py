@@ -21,13 +21,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-STANDIN = REPO / "tests" / "standin"
+from tests.conftest import FIXTURES, STANDIN
+
 BIN = STANDIN / "bin"
 LEAN = BIN / "lean"
 LAKE = BIN / "lake"
 REINDEX = STANDIN / "reindex"
-FIXTURES = STANDIN / "fixtures"
 
 # The corpus README's header regex for `lean` text output.
 HEADER = re.compile(

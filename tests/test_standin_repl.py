@@ -31,14 +31,11 @@ from atp_notebook.repl import (
     split_blocks,
     split_header,
 )
-from tests.conftest import corpus_path, unavailable
+from tests.conftest import FIXTURES, STANDIN, corpus_path, unavailable
 
-REPO = Path(__file__).resolve().parents[1]
-STANDIN = REPO / "tests" / "standin"
 BIN = STANDIN / "bin"
 REPL = BIN / "repl"
 LAKE = BIN / "lake"
-FIXTURES = STANDIN / "fixtures"
 REPL_FIXTURES = FIXTURES / "repl"
 
 UNKNOWN_ENV = b'{"message": "Unknown environment."}\n\n'
