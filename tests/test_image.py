@@ -309,8 +309,8 @@ def assert_shellcheck_clean(script: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
-def test_image_scripts_pass_shellcheck(script):
+@pytest.mark.parametrize("script", [*SCRIPTS, REPO / "scripts" / "system-deps.sh"], ids=lambda p: p.name)
+def test_shell_scripts_pass_shellcheck(script):
     assert_shellcheck_clean(script)
     assert script.read_text().startswith("#!/bin/sh\n")
     assert os.access(script, os.X_OK)
