@@ -286,35 +286,30 @@ def reverse_sorted_keys(value) -> bool:
 # ------------------------------------------------------------------ lookup keys
 
 
+def _json_chars(text: str):
+    """``(index, char, in_string)`` for each char of JSON ``text``; ``in_string`` is the state
+    before the char (so False at an opening quote, True at a closing one)."""
+    in_string = escaped = False
+    for i, c in enumerate(text):
+        yield i, c, in_string
+        if not in_string:
+            in_string = c == '"'
+        elif escaped:
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == '"':
+            in_string = False
+
+
 def normalise(request: str) -> tuple[str, int | None]:
     """The stand-in's lookup form of a request: no whitespace outside strings, no top-level env."""
-    out, in_string, escaped = [], False, False
-    for c in request:
-        if in_string:
-            out.append(c)
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"':
-                in_string = False
-        elif c == '"':
-            in_string = True
-            out.append(c)
-        elif c not in " \t\r\n":
-            out.append(c)
-    s = "".join(out)
-    depth, i, in_string, escaped = 0, 0, False, False
-    while i < len(s):
-        c = s[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"':
-                in_string = False
-        elif c == '"':
+    s = "".join(c for _, c, quoted in _json_chars(request) if quoted or c not in " \t\r\n")
+    depth = 0
+    for i, c, quoted in _json_chars(s):
+        if quoted:
+            continue
+        if c == '"':
             m = re.match(r'"env":(\d+)[,}]', s[i:])
             if depth == 1 and m and s[i - 1] in "{,":
                 end = i + m.end() - 1  # at the , or }
@@ -323,12 +318,10 @@ def normalise(request: str) -> tuple[str, int | None]:
                 if s[end] == ",":
                     end += 1
                 return s[:i] + s[end:], int(m.group(1))
-            in_string = True
         elif c in "{[":
             depth += 1
         elif c in "}]":
             depth -= 1
-        i += 1
     return s, None
 
 
